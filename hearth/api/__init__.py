@@ -1,0 +1,1 @@
+"""The Containers API: wire models shared by client and local server, the client, its dialects."""

@@ -1,0 +1,134 @@
+"""The one typed ``Settings`` of every Hearth process.
+
+Read from the environment (``HEARTH_`` prefix), then ``.env``, then defaults; constructor arguments
+win over all of them. Every field documents its unit and default; the README's settings reference
+is generated from these descriptions.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from settings.faults import FaultConfig
+
+DEFAULT_LOCAL_PORT = 8650
+
+
+class Backend(StrEnum):
+    local = "local"
+    openai = "openai"
+    azure = "azure"
+    gateway = "gateway"
+
+
+class Settings(BaseSettings):
+    """Process settings. Secrets are ``SecretStr``: they never appear in ``repr`` or logs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTH_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- backend ---------------------------------------------------------------------------
+    backend: Backend = Field(
+        Backend.local, description="Which Containers API to use: local | openai | azure | gateway. Default local."
+    )
+    api_base: str | None = Field(
+        None,
+        description=(
+            "Base URL of the API. Default per backend: local http://127.0.0.1:8650/v1, openai "
+            "https://api.openai.com/v1; azure wants the resource endpoint (…/openai/v1 is added); "
+            "gateway wants the gateway's base (e.g. http://localhost:8080/openai/v1)."
+        ),
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HEARTH_API_KEY", "OPENAI_API_KEY", "api_key"),
+        description="API key. HEARTH_API_KEY, else OPENAI_API_KEY. Default none (the local API needs none).",
+    )
+    gateway_provider: str = Field(
+        "openai", description="Provider a gateway should route to (body on create, query elsewhere). Default openai."
+    )
+    api_timeout: Annotated[float, Field(gt=0)] = Field(60.0, description="HTTP timeout per request, s. Default 60.")
+    api_max_retries: Annotated[int, Field(ge=0)] = Field(
+        6, description="Retries of a temporary API error before giving up. Default 6."
+    )
+    api_retry_budget: Annotated[float, Field(gt=0)] = Field(
+        120.0, description="Total time one call may spend retrying, s. Default 120."
+    )
+    api_backoff_base: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="First backoff before jitter, s; doubles per try. Default 0.5."
+    )
+    api_backoff_cap: Annotated[float, Field(gt=0)] = Field(30.0, description="Largest backoff, s. Default 30.")
+    api_max_in_flight: Annotated[int, Field(ge=0)] = Field(
+        32, description="In-flight API requests allowed across all processes (Redis-shared); 0 = no limit. Default 32."
+    )
+    api_requests_per_minute: Annotated[int, Field(ge=0)] = Field(
+        0, description="API requests per minute across all processes (Redis-shared); 0 = no limit. Default 0."
+    )
+
+    # --- state and storage -----------------------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="Redis URL (broker and state). Default none: `hearth up` starts an embedded Redis."
+    )
+    pools: Path = Field(Path("examples/pools.yaml"), description="The pools file. Default examples/pools.yaml.")
+    storage_url: str | None = Field(
+        None, description="Harvest target (fsspec URL). Default file://<data_dir>/harvest."
+    )
+    data_dir: Path = Field(
+        Path(".hearth"), description="Where embedded parts (Redis, local API) keep their data. Default ./.hearth."
+    )
+    key_prefix: str = Field("hearth", description="Prefix of every Redis key Hearth writes. Default hearth.")
+    name_prefix: str = Field(
+        "hearth", description="Prefix of the names of containers Hearth creates (orphan detection). Default hearth."
+    )
+
+    # --- processes ---------------------------------------------------------------------------
+    heartbeat_interval: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="Seconds between heartbeat ticks. Default 10."
+    )
+    heartbeat_leader_ttl: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Leader lease of the heartbeat, s; a standby takes over within this. Default 30."
+    )
+    worker_concurrency: Annotated[int, Field(ge=1)] = Field(
+        4, description="Celery worker processes/threads per `hearth worker`. Default 4."
+    )
+    orphan_grace: Annotated[float, Field(ge=0)] = Field(
+        300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
+    )
+
+    # --- local API -----------------------------------------------------------------------------
+    local_host: str = Field("127.0.0.1", description="Host `hearth api` binds. Default 127.0.0.1.")
+    local_port: int = Field(DEFAULT_LOCAL_PORT, description="Port `hearth api` binds. Default 8650.")
+    faults: FaultConfig = Field(
+        default_factory=FaultConfig,
+        description="Local API fault injection (JSON). Default off.",
+    )
+
+    # --- observability ---------------------------------------------------------------------
+    metrics_port: int | None = Field(None, description="Prometheus metrics port; none = off. Default none.")
+    log_json: bool = Field(False, description="Logs as one JSON object per line. Default false.")
+    log_level: str = Field("INFO", description="Log level. Default INFO.")
+    sentry_dsn: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SENTRY_DSN", "HEARTH_SENTRY_DSN", "sentry_dsn"),
+        description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
+    )
+
+    @property
+    def resolved_api_base(self) -> str:
+        if self.api_base:
+            return self.api_base.rstrip("/")
+        if self.backend is Backend.openai:
+            return "https://api.openai.com/v1"
+        if self.backend is Backend.local:
+            return f"http://{self.local_host}:{self.local_port}/v1"
+        raise ValueError(f"HEARTH_API_BASE is required for backend {self.backend.value!r}")
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "harvest").resolve().as_uri()

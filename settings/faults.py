@@ -1,0 +1,46 @@
+"""Fault injection for the local Containers API: latency, 5xx, 429 with Retry-After, dropped connections.
+
+Off by default. Set overall or per endpoint, deterministic under ``seed``. Lives in settings because
+it is configuration (``HEARTH_FAULTS`` as JSON, or ``PUT /_dev/faults`` at run time).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class EndpointFaults(BaseModel):
+    """Faults for one endpoint (or all of them). Rates are probabilities per request, 0..1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: Annotated[float, Field(ge=0, description="Added latency per request, ms. Default 0.")] = 0.0
+    jitter_ms: Annotated[float, Field(ge=0, description="Uniform extra latency 0..jitter, ms. Default 0.")] = 0.0
+    error_rate: Rate = Field(0.0, description="Share of requests answered 500 or 503. Default 0.")
+    rate_limit_rate: Rate = Field(0.0, description="Share of requests answered 429. Default 0.")
+    retry_after_seconds: Annotated[int, Field(ge=0, description="Retry-After sent with a 429, s. Default 1.")] = 1
+    drop_rate: Rate = Field(0.0, description="Share of requests whose connection is dropped. Default 0.")
+    drop_after_processing: bool = Field(
+        True, description="Drop after the request took effect (the response is lost), not before."
+    )
+
+
+class FaultConfig(EndpointFaults):
+    """Overall faults plus per-endpoint overrides keyed by endpoint name (e.g. ``containers.create``)."""
+
+    seed: int | None = Field(None, description="Seed of the fault RNG; same seed, same faults. Default random.")
+    endpoints: dict[str, EndpointFaults] = Field(default_factory=dict)
+
+    def for_endpoint(self, name: str) -> EndpointFaults:
+        return self.endpoints.get(name, self)
+
+    @property
+    def active(self) -> bool:
+        every = [self, *self.endpoints.values()]
+        return any(
+            f.latency_ms or f.jitter_ms or f.error_rate or f.rate_limit_rate or f.drop_rate for f in every
+        )

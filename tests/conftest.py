@@ -1,0 +1,5 @@
+"""Shared fixtures, one plugin module per real part (Redis, the local API, a Celery worker)."""
+
+pytest_plugins = [
+    "tests.fixtures.redis",
+]

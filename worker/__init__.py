@@ -1,0 +1,1 @@
+"""Long-running processes and entry points: the CLI, the heartbeat, the embedded supervisor, observability."""

@@ -23,6 +23,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Warm pools, leases and harvest for OpenAI code-interpreter containers."""
+
+
 @app.command()
 def version() -> None:
     """Print Hearth's version."""

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
         4, description="Celery worker processes/threads per `hearth worker`. Default 4."
     )
+    task_visibility_timeout: Annotated[int, Field(ge=10)] = Field(
+        600, description="Seconds before a task whose worker vanished is redelivered. Default 600."
+    )
     orphan_grace: Annotated[float, Field(ge=0)] = Field(
         300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
     )
@@ -126,8 +129,19 @@ class Settings(BaseSettings):
         if self.backend is Backend.openai:
             return "https://api.openai.com/v1"
         if self.backend is Backend.local:
-            return f"http://{self.local_host}:{self.local_port}/v1"
+            from settings.discovery import discover_api_base
+
+            return discover_api_base(self) or f"http://{self.local_host}:{self.local_port}/v1"
         raise ValueError(f"HEARTH_API_BASE is required for backend {self.backend.value!r}")
+
+    @property
+    def resolved_redis_url(self) -> str | None:
+        """HEARTH_REDIS_URL, else the embedded Redis of a running `hearth up` in this data dir."""
+        if self.redis_url:
+            return self.redis_url
+        from settings.discovery import discover_redis_url
+
+        return discover_redis_url(self)
 
     @property
     def resolved_storage_url(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,7 +96,10 @@ class Settings(BaseSettings):
         30.0, description="Leader lease of the heartbeat, s; a standby takes over within this. Default 30."
     )
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
-        4, description="Celery worker processes/threads per `hearth worker`. Default 4."
+        8, description="Tasks run at once per `hearth worker` (threads or processes). Default 8."
+    )
+    worker_pool: Literal["threads", "prefork", "solo"] = Field(
+        "threads", description="Celery pool: threads suit Hearth's I/O-bound tasks. Default threads."
     )
     task_visibility_timeout: Annotated[int, Field(ge=10)] = Field(
         600, description="Seconds before a task whose worker vanished is redelivered. Default 600."

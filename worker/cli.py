@@ -20,6 +20,7 @@ app = typer.Typer(
 
 # Each module defines ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "worker.cmd_run",
 )
 
 

@@ -119,3 +119,9 @@ class StorageError(HearthError):
 
 class UnsafePath(HearthError):
     """A container path would escape its harvest target; it is refused and recorded."""
+
+
+class InputsIncomplete(HearthError):
+    """After an input sync, the container still lacks an input (or holds it with the wrong size)."""
+
+    temporary = True

@@ -1,0 +1,331 @@
+"""Pool state in Redis: container records, atomic state transitions, counts, the create breaker.
+
+Redis is the single source of truth for every process on every host: there are no in-process
+locks here, every change is one Lua script (``scripts.py``) that checks and writes atomically.
+A provision task writes an *intent* (a CREATING record with no container id) before it calls
+create, so that a crash between the call and the record update leaves a named intent the
+reconcile can resolve, never an unowned container.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from hearth.clock import Clock
+from hearth.errors import Conflict, HearthError, LeaseError
+from hearth.pool import scripts
+from hearth.pool.model import MAX_ERROR_CHARS, ContainerRecord, State, can_transition
+
+# Fields a transition may not change through ``**changes``: identity, and what the store owns.
+_PROTECTED = frozenset({"name", "pool", "state", "updated_at", "created_at"})
+_TEMPLATE: dict[str, Any] = {"name": "x", "pool": "x", "created_at": 0.0, "updated_at": 0.0}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _states(states: State | Iterable[State] | None) -> tuple[State, ...]:
+    if states is None:
+        return ()
+    if isinstance(states, State):
+        return (states,)
+    return tuple(State(s) for s in states)
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """``threshold`` consecutive create failures within ``window`` s open the breaker for ``cooldown`` s."""
+
+    threshold: int = 5
+    window: float = 600.0
+    cooldown: float = 300.0
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    pool: str
+    state: BreakerState
+    failures: int = 0
+    reason: str | None = None
+    opened_at: float | None = None
+    open_until: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """No creates at all (a half-open breaker lets one probe through)."""
+        return self.state is BreakerState.OPEN
+
+    def describe(self) -> str:
+        if self.state is BreakerState.CLOSED:
+            return "closed"
+        until = f" until {self.open_until:.0f}" if self.open_until is not None else ""
+        return f"{self.state.value} after {self.failures} create failures{until}: {self.reason or 'unknown'}"
+
+
+class PoolStore:
+    """Records of every container Hearth owns, per pool, in Redis under ``prefix``."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        clock: Clock,
+        *,
+        prefix: str = "hearth",
+        breaker: BreakerPolicy | None = None,
+    ) -> None:
+        self.redis = redis_client
+        self.clock = clock
+        self.prefix = prefix
+        self.breaker_policy = breaker or BreakerPolicy()
+        self._write_intent = redis_client.register_script(scripts.WRITE_INTENT)
+        self._transition = redis_client.register_script(scripts.TRANSITION)
+        self._forget = redis_client.register_script(scripts.FORGET)
+        self._breaker_failure = redis_client.register_script(scripts.BREAKER_FAILURE)
+        self._breaker_allow = redis_client.register_script(scripts.BREAKER_ALLOW)
+
+    def __repr__(self) -> str:
+        return f"PoolStore(prefix={self.prefix!r})"
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def pool_key(self, pool: str, suffix: str) -> str:
+        return self.key("pool", pool, suffix)
+
+    def health_key(self, component: str) -> str:
+        return self.key("health", component)
+
+    def _call(self, script: Any, *args: Any) -> Any:
+        try:
+            return script(keys=[], args=[self.prefix, *args])
+        except redis.RedisError as exc:
+            raise HearthError(f"redis: {type(exc).__name__}: {exc}", temporary=True) from exc
+
+    def _cmd(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except redis.RedisError as exc:
+            raise HearthError(f"redis: {type(exc).__name__}: {exc}", temporary=True) from exc
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def write_intent(
+        self,
+        pool: str,
+        name: str,
+        *,
+        inputs_digest: str = "",
+        expires_minutes: int = 20,
+        attempts: int = 0,
+    ) -> ContainerRecord:
+        """Record that ``name`` is about to be created in ``pool``; call BEFORE the create call.
+
+        Idempotent by name: if a record already exists it is returned unchanged, so a retried
+        provision adopts the earlier intent (and its container id, if the create got that far).
+        """
+        now = self.clock.now()
+        record = ContainerRecord(
+            name=name,
+            pool=pool,
+            state=State.CREATING,
+            created_at=now,
+            updated_at=now,
+            inputs_digest=inputs_digest,
+            expires_minutes=expires_minutes,
+            attempts=attempts,
+        )
+        reply = self._call(self._write_intent, name, pool, record.to_json())
+        return ContainerRecord.from_json(_text(reply[1]))
+
+    def get(self, name: str) -> ContainerRecord | None:
+        pool = self._cmd(self.redis.hget, self.key("names"), name)
+        if pool is None:
+            return None
+        raw = self._cmd(self.redis.hget, self.pool_key(_text(pool), "records"), name)
+        return None if raw is None else ContainerRecord.from_json(raw)
+
+    def by_container_id(self, container_id: str) -> ContainerRecord | None:
+        name = self._cmd(self.redis.hget, self.key("cids"), container_id)
+        return None if name is None else self.get(_text(name))
+
+    def records(self, pool: str, states: State | Iterable[State] | None = None) -> list[ContainerRecord]:
+        """Every record of ``pool`` (optionally only those in ``states``), oldest first."""
+        wanted = set(_states(states))
+        raws = self._cmd(self.redis.hvals, self.pool_key(pool, "records"))
+        records = [ContainerRecord.from_json(raw) for raw in raws]
+        if wanted:
+            records = [r for r in records if r.state in wanted]
+        return sorted(records, key=lambda r: (r.created_at, r.name))
+
+    def pools(self) -> list[str]:
+        return sorted(_text(p) for p in self._cmd(self.redis.smembers, self.key("pools")))
+
+    def counts(self, pool: str) -> dict[State, int]:
+        """Records per state for one pool: one round trip of ZCARDs, cheap at any pool size."""
+        return self.all_counts([pool])[pool]
+
+    def all_counts(self, pools: Iterable[str] | None = None) -> dict[str, dict[State, int]]:
+        names = list(pools) if pools is not None else self.pools()
+        pipe = self.redis.pipeline(transaction=False)
+        for pool in names:
+            for state in State:
+                pipe.zcard(self.pool_key(pool, f"state:{state.value}"))
+        values = iter(self._cmd(pipe.execute))
+        return {pool: {state: int(next(values)) for state in State} for pool in names}
+
+    def _patch(self, changes: Mapping[str, Any]) -> str:
+        bad = set(changes) - (set(ContainerRecord.model_fields) - _PROTECTED)
+        if bad:
+            raise ValueError(f"cannot change {sorted(bad)} through a transition")
+        # Validate (and round timestamps) with the model itself, then send only what changed.
+        checked = ContainerRecord.model_validate({**_TEMPLATE, **changes})
+        return json.dumps(checked.model_dump(mode="json", include=set(changes)))
+
+    def transition(
+        self,
+        name: str,
+        from_states: State | Iterable[State],
+        to_state: State,
+        **changes: Any,
+    ) -> ContainerRecord:
+        """Compare-and-set: move ``name`` to ``to_state`` only if it is in one of ``from_states``.
+
+        Raises :class:`~hearth.errors.Conflict` when the record is missing or in another state
+        (someone else moved it first). ``changes`` sets other fields in the same atomic step.
+        """
+        froms = _states(from_states)
+        if not froms:
+            raise ValueError("from_states must name at least one state")
+        for state in froms:
+            if not can_transition(state, to_state):
+                raise ValueError(f"{state.value} -> {to_state.value} is not a transition of the state machine")
+        return self._apply("name", name, froms, to_state, self._patch(changes))
+
+    def update(self, name: str, expect_states: State | Iterable[State], **changes: Any) -> ContainerRecord:
+        """Change fields of ``name`` without moving it, if it is (still) in one of ``expect_states``."""
+        froms = _states(expect_states)
+        if not froms:
+            raise ValueError("expect_states must name at least one state")
+        return self._apply("name", name, froms, None, self._patch(changes))
+
+    def _apply(
+        self,
+        kind: str,
+        ref: str,
+        froms: tuple[State, ...],
+        to_state: State | None,
+        patch: str,
+        *,
+        lease_id: str | None = None,
+        token: int | None = None,
+    ) -> ContainerRecord:
+        reply = self._call(
+            self._transition,
+            kind,
+            ref,
+            ",".join(s.value for s in froms),
+            to_state.value if to_state is not None else "",
+            patch,
+            repr(round(self.clock.now(), 3)),
+            lease_id or "",
+            "" if token is None else str(token),
+        )
+        status = _text(reply[0])
+        if status == "ok":
+            return ContainerRecord.from_json(_text(reply[1]))
+        target = f"{to_state.value}" if to_state is not None else "update"
+        if status == "missing":
+            raise Conflict(f"{ref}: no such record ({target})")
+        found = _text(reply[1])
+        if status == "stale":
+            raise LeaseError(f"{ref}: the lease is no longer held (record is {found})")
+        expected = "|".join(s.value for s in froms)
+        raise Conflict(f"{ref}: expected {expected}, found {found} ({target})")
+
+    def fail(self, name: str, from_states: State | Iterable[State], error: str) -> ContainerRecord:
+        """Mark ``name`` FAILED with a short operator-facing reason (never put secrets in it)."""
+        return self.transition(name, from_states, State.FAILED, error=error[:MAX_ERROR_CHARS])
+
+    def forget(self, name: str, *, states: State | Iterable[State] | None = None) -> bool:
+        """Delete the record (after GONE, or a dead intent). False if there was none.
+
+        With ``states``, only a record in one of them is deleted; otherwise Conflict.
+        """
+        wanted = _states(states)
+        reply = self._call(self._forget, name, ",".join(s.value for s in wanted))
+        status = _text(reply[0])
+        if status == "conflict":
+            raise Conflict(f"{name}: not forgotten, it is {_text(reply[1])}")
+        return status == "ok"
+
+    # --- breaker ---------------------------------------------------------------------------------
+
+    def record_create_failure(self, pool: str, reason: str) -> BreakerStatus:
+        """Count a failed create; opens the pool's breaker at ``threshold`` failures in a row."""
+        policy = self.breaker_policy
+        self._call(
+            self._breaker_failure,
+            pool,
+            repr(round(self.clock.now(), 3)),
+            str(policy.threshold),
+            repr(float(policy.window)),
+            repr(float(policy.cooldown)),
+            reason[:MAX_ERROR_CHARS],
+        )
+        return self.breaker_state(pool)
+
+    def record_create_success(self, pool: str) -> BreakerStatus:
+        """A create worked: the breaker closes (also ends a half-open probe)."""
+        self._cmd(self.redis.delete, self.pool_key(pool, "breaker"))
+        return BreakerStatus(pool=pool, state=BreakerState.CLOSED)
+
+    def breaker_allows(self, pool: str) -> bool:
+        """Whether a create may start now: always when closed, once per cool-down when half-open."""
+        now = repr(round(self.clock.now(), 3))
+        return bool(self._call(self._breaker_allow, pool, now, repr(float(self.breaker_policy.cooldown))))
+
+    def breaker_state(self, pool: str) -> BreakerStatus:
+        raw = self._cmd(self.redis.hgetall, self.pool_key(pool, "breaker"))
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        failures = int(float(fields.get("failures", "0")))
+        reason = fields.get("reason") or None
+        if fields.get("state") != "open":
+            return BreakerStatus(pool=pool, state=BreakerState.CLOSED, failures=failures, reason=reason)
+        opened_at = float(fields.get("opened_at", "0"))
+        open_until = float(fields.get("open_until", "0"))
+        state = BreakerState.OPEN if self.clock.now() < open_until else BreakerState.HALF_OPEN
+        return BreakerStatus(
+            pool=pool, state=state, failures=failures, reason=reason, opened_at=opened_at, open_until=open_until
+        )
+
+    def reset_breaker(self, pool: str) -> None:
+        self._cmd(self.redis.delete, self.pool_key(pool, "breaker"))
+
+    # --- health ----------------------------------------------------------------------------------
+
+    def beat(self, component: str, ttl: float, **info: Any) -> None:
+        """Say ``component`` is alive for ``ttl`` s (with small JSON-able facts, never secrets)."""
+        body = json.dumps({"at": round(self.clock.now(), 3), **info}, default=str)
+        self._cmd(self.redis.set, self.health_key(component), body, px=max(1, int(ttl * 1000)))
+
+    def health(self, component: str) -> dict[str, Any] | None:
+        raw = self._cmd(self.redis.get, self.health_key(component))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None

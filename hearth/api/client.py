@@ -192,8 +192,12 @@ class ContainersClient:
         json: Any = None,
         upload: MultipartUpload | None = None,
         stream: bool = False,
+        query_routing: bool = True,
     ) -> httpx.Response:
-        """One HTTP exchange; transport failures become ``TransportError``, HTTP errors are mapped."""
+        """One HTTP exchange; transport failures become ``TransportError``, HTTP errors are mapped.
+
+        ``query_routing=False`` leaves out the dialect's routing query (a create routes in its body).
+        """
         headers = {**self._dialect.auth_headers(self._key.get_secret_value() if self._key else None)}
         content: Any = None
         if upload is not None:
@@ -203,7 +207,8 @@ class ContainersClient:
             headers["Accept"] = "application/octet-stream, */*"
         try:
             request = self._http.build_request(
-                method, path, params=self._dialect.params(params), json=json, content=content, headers=headers
+                method, path, params=self._dialect.params(params) if query_routing else dict(params or {}),
+                json=json, content=content, headers=headers,
             )
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
@@ -250,11 +255,14 @@ class ContainersClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         upload: Callable[[Slot], MultipartUpload] | None = None,
+        query_routing: bool = True,
     ) -> M:
-        what = f"{method} /{path.split('?')[0]}"
+        what = f"{method} /{path}"
         with self._slot() as slot:
             body = upload(slot) if upload is not None else None
-            response = self._send(method, path, what, params=params, json=json, upload=body)
+            response = self._send(
+                method, path, what, params=params, json=json, upload=body, query_routing=query_routing
+            )
             return self._parse(response, model, what)
 
     def _retrying(
@@ -370,7 +378,9 @@ class ContainersClient:
             return found
 
         return self._retrying(
-            lambda: self._once("POST", "containers", Container, json=body), "POST /containers", recover=recover
+            lambda: self._once("POST", "containers", Container, json=body, query_routing=False),
+            "POST /containers",
+            recover=recover,
         )
 
     def list_containers(

@@ -451,8 +451,13 @@ class ContainersClient:
         body = CreateContainerFileByIdRequest(file_id=file_id).model_dump(mode="json")
 
         def recover(err: HearthError) -> ContainerFile | None:
+            # Backends name a copy /mnt/data/<filename> or /mnt/data/<file_id>-<filename>.
+            meta = self.retrieve_input_file(file_id)
             for f in self.list_files(container_id, order="desc"):
-                if _basename(f.path).startswith(f"{file_id}-") or _basename(f.path) == file_id:
+                base = _basename(f.path)
+                named = base in (meta.filename, file_id) or base.startswith(f"{file_id}-")
+                sized = f.bytes is None or meta.bytes is None or f.bytes == meta.bytes
+                if named and sized and f.source != "assistant":
                     return f
             return None
 

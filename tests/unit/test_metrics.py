@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -11,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.errors import ConfigError
 from hearth.events import FanoutObserver, NullObserver, Observer
+from settings import Settings
+from worker.observability import setup_observability
 from worker.observability.metrics import (
     HearthMetrics,
     MetricsServer,
@@ -125,3 +128,22 @@ def test_endpoint_ids_and_queries_are_normalised() -> None:
 def test_a_port_in_use_is_a_config_error(server: MetricsServer) -> None:
     with pytest.raises(ConfigError, match="HEARTH_METRICS_PORT"):
         start_metrics_server(server.port, addr="127.0.0.1", registry=CollectorRegistry())
+
+
+def test_setup_observability_serves_the_default_observer() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    settings = Settings(metrics_port=0, log_json=True, log_level="WARNING", sentry_dsn=None)
+    obs = setup_observability(settings, component="test", secrets=["setup-domain-secret"])
+    try:
+        assert obs.sentry is False and obs.metrics_server is not None
+        obs.observer.breaker("setup-pool", open=True)
+        got = scrape(obs.metrics_server)
+        assert got[key("hearth_breaker_open", pool="setup-pool")] == 1
+    finally:
+        obs.close()
+        for h in list(root.handlers):
+            if h not in saved[0]:
+                root.removeHandler(h)
+        root.setLevel(saved[1])
+        logging.captureWarnings(False)

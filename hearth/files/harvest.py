@@ -160,6 +160,7 @@ class Harvester:
             report.errors.append(f"listing files: {exc}")
             return report
 
+        newest = self._newest_per_key(listing, policy)
         for f in listing:
             prior = manifest.files.get(f.id)
             if prior is not None:
@@ -168,7 +169,7 @@ class Harvester:
                     continue
                 # Recorded but gone or altered in storage: copy again, the container still has it.
                 del manifest.files[f.id]
-            outcome = self._one(container_id, f, target, policy, manifest, report)
+            outcome = self._one(container_id, f, target, policy, manifest, report, newest)
             if outcome == "saved":
                 self._write_manifest(target, manifest, written)
                 dirty = False
@@ -196,6 +197,7 @@ class Harvester:
         policy: HarvestPolicy,
         manifest: Manifest,
         report: HarvestReport,
+        newest: dict[str, str],
     ) -> str:
         def skip(reason: str, detail: str) -> str:
             entry = SkippedEntry(
@@ -218,6 +220,8 @@ class Harvester:
         except UnsafePath as exc:
             log.warning("harvest %s: refused unsafe path %r: %s", container_id, f.path, exc)
             return skip(SkipReason.UNSAFE_PATH, str(exc))
+        if newest.get(key, f.id) != f.id:
+            return skip(SkipReason.SUPERSEDED, f"{newest[key]} is a newer file at the same path")
         if not selected(rel, policy.include, policy.exclude):
             return skip(SkipReason.FILTERED, "excluded by include/exclude globs")
         if policy.max_file_bytes is not None and f.bytes is not None and f.bytes > policy.max_file_bytes:
@@ -290,6 +294,19 @@ class Harvester:
             file_id=f.id, container_path=f.path, storage_key=key, bytes=sink.count, sha256=digest,
             source=f.source, created_at=f.created_at, harvested_at=iso(self.clock.now()),
         )
+
+    @staticmethod
+    def _newest_per_key(listing: list[ContainerFile], policy: HarvestPolicy) -> dict[str, str]:
+        """For each storage key, the id of the last-created wanted file mapping to it (it wins)."""
+        newest: dict[str, str] = {}
+        for f in listing:  # oldest first
+            if policy.source != "any" and f.source != policy.source:
+                continue
+            try:
+                newest[container_path_to_key(f.path)] = f.id
+            except UnsafePath:
+                continue
+        return newest
 
     def _container_gone(self, container_id: str) -> bool:
         try:

@@ -200,27 +200,36 @@ def split_file_ids(items: Sequence[InputItem]) -> tuple[list[str], list[InputIte
 
 
 def _matches_dest(f: ContainerFile, name: str) -> bool:
+    """``/mnt/data/<name>`` or an upload's ``/mnt/data/<hex>-<name>``."""
     base = f.path.rsplit("/", 1)[-1]
     return base == name or (base.endswith("-" + name) and _UPLOAD_PREFIX.match(base[: -len(name)]) is not None)
 
 
-def _matches_file_id(f: ContainerFile, file_id: str) -> bool:
-    base = f.path.rsplit("/", 1)[-1]
-    return base == file_id or base.startswith(file_id + "-")
+@dataclass(frozen=True)
+class _Expect:
+    """What an item looks like once in the container: a file name and (when known) a size."""
+
+    names: tuple[str, ...]
+    size: int | None
+    file_id: str | None = None
 
 
-def _present(files: Sequence[ContainerFile], item: InputItem) -> ContainerFile | None:
+def _expectation(client: FilesClient, item: InputItem) -> _Expect:
+    if item.kind != "file_id":
+        assert item.dest_name is not None
+        return _Expect((item.dest_name,), item.size)
+    # A Files-API copy lands as /mnt/data/<filename> (or <file_id>-<filename> on some backends).
+    meta = client.retrieve_input_file(item.source)
+    return _Expect((meta.filename, f"{item.source}-{meta.filename}"), meta.bytes, item.source)
+
+
+def _present(files: Sequence[ContainerFile], expect: _Expect) -> ContainerFile | None:
     for f in files:
         if f.source == "assistant":
             continue  # code may write a file with the same name; it is not our input
-        if item.kind == "file_id":
-            if _matches_file_id(f, item.source):
-                return f
-        elif (
-            item.dest_name is not None
-            and _matches_dest(f, item.dest_name)
-            and (item.size is None or f.bytes is None or f.bytes == item.size)
-        ):
+        if not any(_matches_dest(f, n) for n in expect.names):
+            continue
+        if expect.size is None or f.bytes is None or f.bytes == expect.size:
             return f
     return None
 
@@ -239,9 +248,10 @@ def sync_inputs(
     verified here, not added. Raises ``InputsIncomplete`` (temporary) when verification fails.
     """
     options = dict(storage_options or {})
+    expects = [_expectation(client, item) for item in items]
     existing = list(client.list_files(container_id, order="asc"))
-    for item in items:
-        if _present(existing, item) is not None:
+    for item, expect in zip(items, expects, strict=True):
+        if _present(existing, expect) is not None:
             continue
         if item.kind == "file_id":
             if file_ids_at_create:
@@ -261,9 +271,9 @@ def sync_inputs(
     final = list(client.list_files(container_id, order="asc"))
     found: list[ContainerFile] = []
     missing: list[str] = []
-    for item in items:
-        f = _present(final, item)
-        if f is None:
+    for item, expect in zip(items, expects, strict=True):
+        f = _present(final, expect)
+        if f is None or f in found:
             missing.append(item.dest_name or item.source)
         else:
             found.append(f)

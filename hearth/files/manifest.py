@@ -28,6 +28,7 @@ class SkipReason:
     TOO_BIG = "too_big"  # over max_file_bytes
     CONTAINER_CAP = "container_cap"  # saving it would exceed max_container_bytes
     UNSAFE_PATH = "unsafe_path"  # the path would escape the target
+    SUPERSEDED = "superseded"  # a newer file in the container has the same path (and so the same key)
     GONE = "gone"  # deleted from the container before it could be copied
     FAILED = "failed"  # every attempt failed; retried on the next harvest
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from hearth.api.models import Container, ContainerFile
+from hearth.api.models import Container, ContainerFile, FileObject
 
 
 class DownloadResult(Protocol):
@@ -36,3 +36,5 @@ class FilesClient(Protocol):
     def add_file_by_id(self, container_id: str, file_id: str) -> ContainerFile: ...
 
     def retrieve_container(self, container_id: str) -> Container: ...
+
+    def retrieve_input_file(self, file_id: str) -> FileObject: ...

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.celery",
     "tests.fixtures.localapi",
+    "tests.fixtures.s3",
 ]

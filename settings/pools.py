@@ -96,7 +96,8 @@ def _aware(now: datetime | float) -> datetime:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Inputs stay out of error text: a misplaced secret must not be echoed back in a traceback.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
 
 # --- network policy -----------------------------------------------------------------------------

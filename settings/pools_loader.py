@@ -244,23 +244,24 @@ def _data_path(loc: tuple[PathElem, ...]) -> tuple[list[PathElem], type[BaseMode
     return path, holder
 
 
-def _find(root: yaml.Node, path: list[PathElem]) -> tuple[yaml.Node, int]:
-    """The deepest node along ``path`` and how many elements of it were found."""
-    node, depth, key_node = root, 0, root
+def _find(root: yaml.Node, path: list[PathElem]) -> tuple[yaml.Node, int, yaml.Node | None]:
+    """The deepest node along ``path``, how many elements of it were found, and that node's key node."""
+    node, depth, key_node = root, 0, None
     for elem in path:
         if elem == "[key]":
-            return key_node, depth + 1
+            return (key_node or node), depth + 1, key_node
         nxt: yaml.Node | None = None
+        nxt_key: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.value == str(elem):
-                    key_node, nxt = key, value
+                    nxt_key, nxt = key, value
         elif isinstance(node, yaml.SequenceNode) and isinstance(elem, int) and 0 <= elem < len(node.value):
             nxt = node.value[elem]
         if nxt is None:
             break
-        node, depth = nxt, depth + 1
-    return node, depth
+        node, depth, key_node = nxt, depth + 1, nxt_key
+    return node, depth, key_node
 
 
 def _dotted(path: list[PathElem]) -> str:
@@ -275,13 +276,16 @@ def _dotted(path: list[PathElem]) -> str:
 def _issue_at(
     file: str, root: yaml.Node, path: list[PathElem], message: str, *, missing: bool = False
 ) -> PoolsFileIssue:
-    node, depth = _find(root, path)
+    node, depth, key_node = _find(root, path)
     wanted = len(path) - (1 if missing else 0)
-    if depth < wanted and len(path) > 2 and path[0] == "pools":
-        # Not written in the pool: the value came from `defaults`, so point there if it is written there.
-        d_node, d_depth = _find(root, ["defaults", *path[2:]])
-        if d_depth - 1 >= wanted - 2:
+    if depth < wanted:
+        # Not written where the error is: the value came from `defaults` (point there if it is written
+        # there) or is a built-in default (point at the key of the innermost object that is written).
+        d_node, d_depth, _ = _find(root, ["defaults", *path[2:]]) if path[:1] == ["pools"] else (node, 0, None)
+        if len(path) > 2 and d_depth - 1 >= wanted - 2:
             node = d_node
+        elif key_node is not None:
+            node = key_node
     pool = str(path[1]) if len(path) > 1 and path[0] == "pools" else None
     field = _dotted(path[2:]) if pool is not None else _dotted(path)
     mark = node.start_mark

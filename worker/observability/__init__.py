@@ -4,14 +4,16 @@ The domain reports through ``hearth.events`` (``Observer``, ``log_event``, ``red
 imports anything from here; entry points (``hearth worker``, ``hearth heartbeat``, ``hearth up``)
 call ``setup_observability`` once at start and hand ``.observer`` to the domain objects they build.
 
-    obs = setup_observability(settings, component="heartbeat", secrets=pools.domain_secret_values())
+    obs = setup_observability(settings, component="heartbeat", secrets=<the domain_secrets values>)
     ...
     with monitored_tick(interval_seconds=settings.heartbeat_interval):
         reconcile(...)
     obs.close()
 
-For a Celery prefork worker pass ``multiprocess_dir`` (see ``worker.observability.metrics``) and
-call it in the parent before the pool forks.
+For a Celery worker also call ``install_celery_logging(settings.log_level, settings.log_json)`` so
+Celery keeps this logging setup instead of installing its own; with the prefork pool pass
+``multiprocess_dir`` (see ``worker.observability.metrics``) and call it in the parent before the
+pool forks (the threads pool needs no multiprocess mode).
 
 Modules: ``logs`` (configure_logging, filters, formatters), ``metrics`` (PrometheusObserver,
 start_metrics_server, enable_multiprocess), ``sentry`` (init_sentry, heartbeat_checkin, Scrubber).
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from hearth.events import Observer, get_logger
 from settings import Settings
-from worker.observability.logs import configure_logging
+from worker.observability.logs import configure_logging, install_celery_logging
 from worker.observability.metrics import (
     MetricsServer,
     PrometheusObserver,
@@ -47,6 +49,7 @@ __all__ = [
     "configure_logging",
     "heartbeat_checkin",
     "init_sentry",
+    "install_celery_logging",
     "monitored_tick",
     "setup_observability",
     "start_metrics_server",

@@ -200,3 +200,18 @@ def configure_logging(
     root.setLevel(parse_level(level))
     logging.captureWarnings(True)
     return handler
+
+
+def install_celery_logging(level: str | int = "INFO", json: bool = False, *, secrets: Iterable[str] = ()) -> None:
+    """Make Celery use ``configure_logging`` instead of its own logging setup.
+
+    Celery configures logging itself unless a receiver is connected to its ``setup_logging``
+    signal; connecting one keeps our redacting handler (children of a prefork pool inherit it).
+    Call in the worker entry point before the worker starts.
+    """
+    from celery.signals import setup_logging
+
+    def _setup(**_: Any) -> None:
+        configure_logging(level, json, secrets=secrets)
+
+    setup_logging.connect(_setup, weak=False)

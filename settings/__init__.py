@@ -5,5 +5,8 @@ from here.
 """
 
 from settings.config import Backend, Settings
+from settings.pools import PoolsFile, PoolSpec
+from settings.pools_errors import PoolsFileError, PoolsFileIssue
+from settings.pools_loader import load_pools
 
-__all__ = ["Backend", "Settings"]
+__all__ = ["Backend", "PoolSpec", "PoolsFile", "PoolsFileError", "PoolsFileIssue", "Settings", "load_pools"]

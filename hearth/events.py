@@ -56,7 +56,8 @@ SAFE_KEYS: frozenset[str] = frozenset(
 
 # sk-..., sk-proj-..., sk-svcacct-..., sk-admin-...: OpenAI key shapes (and lookalikes of other vendors).
 _OPENAI_KEY_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
-_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
+# The credential must look like one (a digit, or long), so "Basic settings" stays readable.
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+(?=[\w.~+/\-]*\d|[\w.~+/\-]{16,})[\w.~+/\-]+=*")
 _URL_PASSWORD_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)([^@\s/]+)@")
 # name=value, name: value, "name": "value" where name looks secret (query strings, reprs, headers).
 _KV_RE = re.compile(

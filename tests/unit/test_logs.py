@@ -138,7 +138,8 @@ def test_redact_masks_secret_keys_shapes_and_literals() -> None:
 
 def test_redact_text_shapes() -> None:
     assert redact_text("key sk-proj-Ab_c-123456789 end") == f"key {MASK} end"
-    assert redact_text("Authorization: Bearer eyJ.abc.def") == f"Authorization: {MASK} {MASK}"
+    assert redact_text("Authorization: Bearer eyJ0.abc.def") == f"Authorization: {MASK} {MASK}"
+    assert redact_text("Basic settings apply; bearer of news") == "Basic settings apply; bearer of news"
     assert redact_text("redis://user:pw@h:1/0") == f"redis://user:{MASK}@h:1/0"
     assert redact_text("Settings(api_key='abc', x=1)") == f"Settings(api_key='{MASK}', x=1)"
     assert redact_text('{"token": "t0k3n"}') == f'{{"token": "{MASK}"}}'

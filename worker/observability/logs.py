@@ -107,13 +107,12 @@ def _utc(created: float) -> str:
 
 
 def _human_value(value: Any) -> str:
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, bool | int | float):
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    else:
-        text = _json.dumps(value, default=str, separators=(",", ":"))
-        return text if " " not in text else _json.dumps(text)
+    """A field value as one shell-ish token: bare when safe, JSON-quoted when it has spaces or quotes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    text = value if isinstance(value, str) else _json.dumps(value, default=str, separators=(",", ":"))
     if not text or any(c in text for c in ' "=\n\r\t'):
         return _json.dumps(text)
     return text

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
+from hearth.clock import ManualClock
 from hearth.errors import ConfigError
-from hearth.events import MASK, log_event, redact, redact_text, register_secrets
+from hearth.events import MASK, RecentEvents, log_event, redact, redact_text, register_secrets
 from worker.observability.logs import configure_logging
 
 FAKE_KEY = "sk-proj-TESTKEY123abcdefghijklmnop"
@@ -163,3 +164,18 @@ def test_celery_task_id_is_added_inside_a_task(capture: tuple[io.StringIO, loggi
     inside, outside = (r for r in map(json.loads, lines(buf)) if r["logger"] == "hearth.pool")
     assert inside["task_id"] == result.id and inside["task_name"] == "logtest.work"
     assert "task_id" not in outside
+
+
+def test_recent_events_are_bounded_stamped_and_redacted() -> None:
+    clock = ManualClock(start=1_000.0)
+    recent = RecentEvents(clock, size=2)
+    recent.event("container.expired", pool="a", container_id="cntr_1")
+    clock.advance(5)
+    recent.event("pool.configured", pool="b", api_key="k")
+    clock.advance(5)
+    recent.event("lease.taken", pool="c", note=f"with {FAKE_KEY}")
+    got = recent.recent()
+    assert [(e.at, e.kind) for e in got] == [(1_005.0, "pool.configured"), (1_010.0, "lease.taken")]
+    assert got[0].fields == {"pool": "b", "api_key": MASK}
+    assert got[1].fields["note"] == f"with {MASK}"
+    assert recent.recent(limit=1) == got[-1:]

@@ -703,12 +703,15 @@ class PoolsFile(_Model):
     def _apply_defaults(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        pools, defaults = data.get("pools"), data.get("defaults") or {}
+        out = dict(data)
+        for key in ("defaults", "pools"):  # a section whose entries are all commented out is empty, not an error
+            if key in out and out[key] is None:
+                out[key] = {}
+        pools, defaults = out.get("pools"), out.get("defaults") or {}
         if not isinstance(pools, Mapping):
-            return data
+            return out
         if isinstance(defaults, PoolDefaults):
             defaults = defaults.model_dump(exclude_unset=True, by_alias=True)
-        out = dict(data)
         merged: dict[Any, Any] = {}
         for name, raw in pools.items():
             if raw is None:

@@ -99,6 +99,11 @@ def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
     assert spec.keepalive.margin_seconds == 180 and spec.inputs == [] and spec.schedules == []
 
 
+def test_empty_sections_are_empty_not_errors(tmp_path: Path) -> None:
+    pools = parse("version: 1\ndefaults:\n  # nothing yet\npools:\n", tmp_path)
+    assert pools.pools == {}
+
+
 def test_defaults_deep_merge_objects_replace_lists_and_network_policy(files: Path) -> None:
     pools = parse(
         """

@@ -34,6 +34,7 @@ from hearth.files.ports import FilesClient
 
 InputKind = Literal["local", "url", "file_id"]
 HASH_CHUNK = 1 << 20
+READ_BLOCK_SIZE = 8 << 20  # fsspec read-ahead per open URL (s3fs would otherwise buffer 50 MiB)
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-fA-F]+-")
 
 
@@ -127,7 +128,7 @@ def _url_items(spec: InputSpecLike, url: str, where: str, options: Mapping[str, 
             raise ConfigError(f"`as` names one file but {url!r} matches {len(urls)}", where=where)
         items = []
         for u in urls:
-            with fsspec.open(u, "rb", **options) as fh:
+            with fsspec.open(u, "rb", block_size=READ_BLOCK_SIZE, **options) as fh:
                 size, sha = _hash_stream(fh)
             name = spec.as_ or posixpath.basename(urlsplit(u).path.rstrip("/"))
             items.append(InputItem("url", u, _dest_name(name, where), size, sha))
@@ -261,7 +262,7 @@ def sync_inputs(
             existing.append(client.upload_file(container_id, Path(item.source), filename=item.dest_name))
         else:
             try:
-                with fsspec.open(item.source, "rb", **options) as fh:
+                with fsspec.open(item.source, "rb", block_size=READ_BLOCK_SIZE, **options) as fh:
                     existing.append(client.upload_file(container_id, fh, filename=item.dest_name))
             except HearthError:
                 raise

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -160,19 +162,51 @@ class RewindableSink:
         self.written = 0
 
 
+class _Hasher:
+    """sha256 in a helper thread: hashlib releases the GIL, so hashing overlaps the socket reads.
+
+    The queue is bounded (``depth`` chunks), so memory stays constant however slow hashing is.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        self.digest = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._t = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._q.put(chunk)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.digest.hexdigest()
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+
+
 def copy_to_sink(
     chunks: Iterable[bytes], sink: RewindableSink, on_chunk: Callable[[int], None] | None = None
 ) -> Download:
-    """Write ``chunks`` into ``sink``, hashing on the way."""
-    digest = hashlib.sha256()
+    """Write ``chunks`` into ``sink``, hashing on the way (in a helper thread)."""
+    digest = _Hasher()
     total = 0
-    for chunk in chunks:
-        if not chunk:
-            continue
-        sink.sink.write(chunk)
-        sink.written += len(chunk)
-        digest.update(chunk)
-        total += len(chunk)
-        if on_chunk is not None:
-            on_chunk(len(chunk))
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            sink.sink.write(chunk)
+            sink.written += len(chunk)
+            digest.update(chunk)
+            total += len(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    finally:
+        digest.close()
     return Download(bytes=total, sha256=digest.hexdigest())

@@ -88,6 +88,11 @@ def _hash_stream(fh: BinaryIO) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _open_url(url: str, options: Mapping[str, Any]) -> BinaryIO:
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs.open(path, "rb", block_size=READ_BLOCK_SIZE)
+
+
 def _local_items(spec: InputSpecLike, raw: str, base_dir: Path, where: str) -> list[InputItem]:
     pattern = os.path.normpath(os.path.join(base_dir, os.path.expanduser(raw)))
     if _is_glob(pattern):
@@ -128,7 +133,7 @@ def _url_items(spec: InputSpecLike, url: str, where: str, options: Mapping[str, 
             raise ConfigError(f"`as` names one file but {url!r} matches {len(urls)}", where=where)
         items = []
         for u in urls:
-            with fsspec.open(u, "rb", block_size=READ_BLOCK_SIZE, **options) as fh:
+            with _open_url(u, options) as fh:
                 size, sha = _hash_stream(fh)
             name = spec.as_ or posixpath.basename(urlsplit(u).path.rstrip("/"))
             items.append(InputItem("url", u, _dest_name(name, where), size, sha))
@@ -262,7 +267,7 @@ def sync_inputs(
             existing.append(client.upload_file(container_id, Path(item.source), filename=item.dest_name))
         else:
             try:
-                with fsspec.open(item.source, "rb", block_size=READ_BLOCK_SIZE, **options) as fh:
+                with _open_url(item.source, options) as fh:
                     existing.append(client.upload_file(container_id, fh, filename=item.dest_name))
             except HearthError:
                 raise

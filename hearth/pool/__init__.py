@@ -20,6 +20,7 @@ from hearth.pool.reconcile import (
     Retire,
     action_from_json,
     find_orphans,
+    ready_target,
     reconcile,
 )
 from hearth.pool.store import BreakerPolicy, BreakerState, BreakerStatus, PoolStore
@@ -51,5 +52,6 @@ __all__ = [
     "find_orphans",
     "make_name",
     "parse_name",
+    "ready_target",
     "reconcile",
 ]

@@ -68,6 +68,9 @@ class DesiredPool:
             raise ValueError("min_ready, buffer and max_total must not be negative")
         if self.rotate_batch < 1:
             raise ValueError("rotate_batch must be at least 1")
+        if not 0 <= self.keepalive_margin < self.expires_minutes * 60:
+            # A margin as long as the expiry would refresh every container on every tick.
+            raise ValueError("keepalive_margin must be at least 0 and shorter than expires_minutes")
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,14 @@ def find_orphans(
     return found
 
 
+def ready_target(desired: DesiredPool, leased: int) -> int:
+    """How many READY containers the pool wants while ``leased`` are out.
+
+    ``max(min_ready, leased + buffer)``, capped so READY and LEASED together fit in ``max_total``.
+    """
+    return min(max(desired.min_ready, leased + desired.buffer), max(0, desired.max_total - leased))
+
+
 def _expired(record: ContainerRecord, now: float) -> bool:
     return record.deadline is not None and now > record.deadline
 
@@ -306,7 +317,7 @@ def reconcile(
 
     # --- sizes ------------------------------------------------------------------------------------
     n_leased = len(leased)
-    target = min(max(desired.min_ready, n_leased + desired.buffer), max(0, desired.max_total - n_leased))
+    target = ready_target(desired, n_leased)
 
     def stale(r: ContainerRecord) -> bool:
         return r.inputs_digest != desired.inputs_digest

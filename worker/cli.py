@@ -21,6 +21,7 @@ app = typer.Typer(
 # Each module defines ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_run",
+    "worker.cmd_pools",
     "worker.cmd_api",
     "worker.cmd_config",
 )

@@ -1,0 +1,253 @@
+"""The API work behind each task: provision, refresh, retire, harvest, adopt, delete an orphan.
+
+Each operation takes a record name (or a container id), reads the record, does the API calls and
+moves the record with compare-and-set transitions. Every one is idempotent: run twice, or after a
+crash anywhere in the middle, it ends in the same place. Temporary errors propagate (the task
+retries them); permanent ones mark the record FAILED so the reconcile replaces the container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hearth.api.models import Container, CreateContainerRequest
+from hearth.errors import ConfigError, Conflict, ContainerExpired, HearthError, NotFound
+from hearth.events import log_event
+from hearth.files.harvest import HarvestPolicy, HarvestReport
+from hearth.files.inputs import split_file_ids, sync_inputs
+from hearth.files.storage import StorageTarget
+from hearth.pool.model import ContainerRecord, State
+from hearth.runtime import Runtime
+from settings.pools import OutputRules, PoolsFileError, PoolSpec
+
+log = logging.getLogger(__name__)
+
+LIVE = (State.READY, State.LEASED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an operation did, as JSON for the task result."""
+
+    name: str
+    action: str
+    state: str | None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "action": self.action, "state": self.state, "detail": self.detail}
+
+
+def harvest_template(outputs: OutputRules, storage_url: str) -> str:
+    """The harvest URL template of a pool; the default keeps every container under its pool and day."""
+    return outputs.target or storage_url.rstrip("/") + "/{pool}/{date}/{container_id}"
+
+
+def harvest_policy(outputs: OutputRules) -> HarvestPolicy:
+    return HarvestPolicy(
+        source=outputs.source,
+        include=tuple(outputs.include),
+        exclude=tuple(outputs.exclude),
+        max_file_bytes=outputs.max_file_bytes,
+        max_container_bytes=outputs.max_container_bytes,
+    )
+
+
+class Operations:
+    """Worker-side operations over one :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.store = runtime.store
+        self.client = runtime.client
+        self.clock = runtime.clock
+
+    # --- provision ---------------------------------------------------------------------------------
+
+    def provision(self, name: str) -> Outcome:
+        """Create the container of intent ``name`` (or adopt it), copy its inputs, verify, mark READY."""
+        record = self.store.get(name)
+        if record is None or record.state not in (State.CREATING, State.SEEDING):
+            return Outcome(name, "provision", record.state.value if record else None, "nothing to do")
+        try:
+            spec = self.rt.pool(record.pool)
+        except ConfigError as exc:
+            self.store.fail(name, (State.CREATING, State.SEEDING), f"pool gone from the pools file: {exc}")
+            raise
+        items, digest = self.rt.inputs(spec)
+        file_ids, _ = split_file_ids(items)
+
+        if record.state is State.CREATING:
+            record = self._create(record, spec, file_ids, digest)
+        assert record.container_id is not None
+        try:
+            sync_inputs(self.client, record.container_id, items, file_ids_at_create=bool(file_ids))
+            container = self.client.retrieve_container(record.container_id)
+        except (ContainerExpired, NotFound) as exc:
+            self.store.fail(name, State.SEEDING, f"container lost while seeding: {exc}")
+            return Outcome(name, "provision", State.FAILED.value, str(exc))
+        if not container.usable:
+            self.store.fail(name, State.SEEDING, f"container is {container.status!r} after seeding")
+            return Outcome(name, "provision", State.FAILED.value, container.status)
+        ready = self.store.transition(
+            name, State.SEEDING, State.READY, deadline=self._deadline(container, record), error=None
+        )
+        self.store.record_create_success(record.pool)
+        log_event(log, "container.ready", pool=record.pool, name=name, container_id=ready.container_id)
+        self.rt.observer.event("container.ready", pool=record.pool, container_id=ready.container_id)
+        return Outcome(name, "provision", ready.state.value, ready.container_id or "")
+
+    def _create(self, record: ContainerRecord, spec: PoolSpec, file_ids: list[str], digest: str) -> ContainerRecord:
+        name = record.name
+        # A retried provision (crash after the create, before the record update) adopts by name.
+        existing = self.client.find_container_by_name(name) if record.attempts > 0 else None
+        self.store.update(name, State.CREATING, attempts=record.attempts + 1, inputs_digest=digest)
+        if existing is None or not existing.usable:
+            if not self.store.breaker_allows(record.pool):
+                raise HearthError(f"pool {record.pool}: breaker open, create deferred", temporary=True)
+            try:
+                body = spec.container.create_body(name)
+            except PoolsFileError as exc:
+                self.store.fail(name, State.CREATING, str(exc))
+                raise ConfigError(str(exc), where=f"pool {record.pool}") from None
+            if file_ids:
+                body["file_ids"] = file_ids
+            try:
+                existing = self.client.create_container(CreateContainerRequest.model_validate(body))
+            except HearthError as exc:
+                self.store.record_create_failure(record.pool, f"{type(exc).__name__}: {exc}")
+                if not exc.temporary:
+                    self.store.fail(name, State.CREATING, f"create failed: {exc}")
+                raise
+        return self.store.transition(
+            name,
+            State.CREATING,
+            State.SEEDING,
+            container_id=existing.id,
+            deadline=self._deadline(existing, record),
+        )
+
+    def _deadline(self, container: Container, record: ContainerRecord) -> float:
+        at = container.expires_at()
+        return at if at is not None else self.clock.now() + record.expires_minutes * 60
+
+    # --- refresh -----------------------------------------------------------------------------------
+
+    def refresh(self, name: str) -> Outcome:
+        """The keepalive call: retrieve the container (that touches it) and record its new deadline."""
+        record = self.store.get(name)
+        if record is None or record.state not in LIVE or record.container_id is None:
+            return Outcome(name, "refresh", record.state.value if record else None, "nothing to do")
+        try:
+            container = self.client.retrieve_container(record.container_id)
+        except (ContainerExpired, NotFound) as exc:
+            return self._expired(record, str(exc))
+        if container.expired or not container.usable:
+            return self._expired(record, f"status {container.status!r}")
+        try:
+            updated = self.store.update(name, LIVE, deadline=self._deadline(container, record))
+        except Conflict:
+            return Outcome(name, "refresh", None, "record moved meanwhile")
+        self.rt.observer.refresh(record.pool, True)
+        return Outcome(name, "refresh", updated.state.value, f"deadline {updated.deadline}")
+
+    def _expired(self, record: ContainerRecord, why: str) -> Outcome:
+        self.rt.observer.refresh(record.pool, False)
+        try:
+            self.store.transition(record.name, record.state, State.EXPIRED, error=f"expired: {why}")
+        except Conflict:
+            return Outcome(record.name, "refresh", None, "record moved meanwhile")
+        log_event(log, "container.expired", pool=record.pool, name=record.name, container_id=record.container_id)
+        self.rt.observer.event("container.expired", pool=record.pool, container_id=record.container_id)
+        return Outcome(record.name, "refresh", State.EXPIRED.value, why)
+
+    # --- harvest -----------------------------------------------------------------------------------
+
+    def harvest(self, container_id: str, *, to: str | None = None, lease_id: str | None = None) -> HarvestReport:
+        """Copy the container's outputs to storage (its pool's target, or ``to``)."""
+        record = self.store.by_container_id(container_id)
+        outputs = OutputRules()
+        pool: str | None = None
+        if record is not None:
+            pool = record.pool
+            lease_id = lease_id or record.lease_id
+            # A pool that left the pools file is harvested with the defaults rather than lose files.
+            with contextlib.suppress(ConfigError):
+                outputs = self.rt.pool(record.pool).outputs
+        template = to or harvest_template(outputs, self.rt.settings.resolved_storage_url)
+        target = StorageTarget.from_url(
+            template, clock=self.clock, pool=pool, container_id=container_id, lease_id=lease_id
+        )
+        report = self.rt.harvester.harvest(
+            container_id, target, harvest_policy(outputs), pool=pool, lease_id=lease_id
+        )
+        if record is not None:
+            with contextlib.suppress(Conflict):
+                self.store.update(
+                    record.name, (*LIVE, State.HARVESTING), last_harvest_at=self.clock.now()
+                )
+        self.rt.observer.harvest(pool or "-", report.files, report.bytes, report.failures)
+        return report
+
+    # --- retire ------------------------------------------------------------------------------------
+
+    def retire(self, name: str) -> Outcome:
+        """Harvest (when the record is HARVESTING and the pool wants it), delete, forget."""
+        record = self.store.get(name)
+        if record is None:
+            return Outcome(name, "retire", None, "no record")
+        if record.state is State.HARVESTING:
+            if record.container_id is not None and self._wants_harvest(record):
+                report = self.harvest(record.container_id)
+                if not report.complete and not report.expired:
+                    # Files are still in the container: keep it and let the task retry the harvest.
+                    raise HearthError(
+                        f"harvest of {record.container_id} incomplete: {report.failures} failures", temporary=True
+                    )
+            record = self.store.transition(name, State.HARVESTING, State.DELETING)
+        elif record.state in (State.READY, State.EXPIRED, State.FAILED, State.CREATING, State.SEEDING):
+            record = self.store.transition(name, record.state, State.DELETING)
+        if record.state is State.DELETING:
+            if record.container_id is not None:
+                with contextlib.suppress(NotFound):  # already gone: deleting is done
+                    self.client.delete_container(record.container_id)
+            self.store.transition(name, State.DELETING, State.GONE)
+            self.store.forget(name, states=State.GONE)
+            log_event(log, "container.retired", pool=record.pool, name=name, container_id=record.container_id)
+            self.rt.observer.event("container.retired", pool=record.pool, container_id=record.container_id)
+            return Outcome(name, "retire", State.GONE.value)
+        return Outcome(name, "retire", record.state.value, "not retirable now")
+
+    def _wants_harvest(self, record: ContainerRecord) -> bool:
+        try:
+            return self.rt.pool(record.pool).outputs.on_release
+        except ConfigError:
+            return True
+
+    # --- adopt and orphans -------------------------------------------------------------------------
+
+    def adopt(self, name: str) -> Outcome:
+        """A stale intent: look its name up remotely; adopt the container or forget the intent."""
+        record = self.store.get(name)
+        if record is None or record.state is not State.CREATING:
+            return Outcome(name, "adopt", record.state.value if record else None, "nothing to do")
+        found = self.client.find_container_by_name(name)
+        if found is None:
+            self.store.forget(name, states=State.CREATING)
+            return Outcome(name, "adopt", None, "never created: intent forgotten")
+        self.store.transition(name, State.CREATING, State.SEEDING, container_id=found.id,
+                              deadline=self._deadline(found, record))
+        return self.provision(name)
+
+    def delete_orphan(self, container_id: str, name: str) -> Outcome:
+        """Delete a prefixed container no record owns (checked again right before deleting)."""
+        if self.store.by_container_id(container_id) is not None or self.store.get(name) is not None:
+            return Outcome(name, "delete_orphan", None, "owned after all")
+        with contextlib.suppress(NotFound):
+            self.client.delete_container(container_id)
+        log_event(log, "orphan.deleted", name=name, container_id=container_id)
+        self.rt.observer.event("orphan.deleted", container_id=container_id)
+        return Outcome(name, "delete_orphan", State.GONE.value, container_id)

@@ -1,0 +1,328 @@
+"""One heartbeat tick, without the scheduler: read the state, plan every pool, apply the plan.
+
+``Planner.plan`` turns the pools file and the records into actions with the pure reconcile (plus
+the harvest rules of leased containers) and changes nothing, so ``hearth plan`` can print it.
+``Applier.apply`` makes each action visible in Redis first (an intent, a state move, a pending
+mark) and then hands it to ``enqueue`` — a callable, so this module knows nothing of Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, ClassVar
+
+from hearth.errors import Conflict, HearthError, LeaseError
+from hearth.events import log_event
+from hearth.pool.model import ContainerRecord, State, make_name
+from hearth.pool.reconcile import (
+    Action,
+    Adopt,
+    DeleteOrphan,
+    DesiredPool,
+    Forget,
+    Provision,
+    Reclaim,
+    Refresh,
+    RemoteContainer,
+    Retire,
+    find_orphans,
+    ready_target,
+    reconcile,
+)
+from hearth.pool.store import BreakerState
+from hearth.runtime import Runtime
+from settings.pools import PoolSpec
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, list[Any]], None]
+
+
+@dataclass(frozen=True)
+class HarvestDue(Action):
+    """Harvest a leased container now: its ``every`` period passed, or it is close to its deadline."""
+
+    kind: ClassVar[str] = "harvest"
+    pool: str
+    name: str
+    container_id: str
+    reason: str
+
+
+@dataclass
+class PoolPlan:
+    """What the heartbeat would do for one pool now, and why."""
+
+    pool: str
+    desired_ready: int
+    min_ready: int
+    buffer: int
+    max_total: int
+    counts: dict[str, int]
+    breaker: str
+    breaker_reason: str | None
+    draining: bool
+    next_schedule_change: str | None
+    actions: list[Action] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "desired": self.desired_ready,
+            "min_ready": self.min_ready,
+            "buffer": self.buffer,
+            "max_total": self.max_total,
+            "counts": self.counts,
+            "breaker": self.breaker,
+            "breaker_reason": self.breaker_reason,
+            "draining": self.draining,
+            "next_schedule_change": self.next_schedule_change,
+            "actions": [a.to_json() for a in self.actions],
+        }
+
+
+def harvest_due(spec: PoolSpec, records: Sequence[ContainerRecord], now: float) -> list[HarvestDue]:
+    """Leased containers whose outputs should be saved now (every ``outputs.every_seconds``, and
+    before the container would expire: ``deadline - before_expiry_margin``)."""
+    out = spec.outputs
+    due: list[HarvestDue] = []
+    for r in records:
+        if r.state is not State.LEASED or r.container_id is None:
+            continue
+        last = r.last_harvest_at or r.leased_at or r.updated_at
+        if r.deadline is not None and r.deadline - now <= out.before_expiry_margin_seconds and (
+            r.last_harvest_at is None or r.last_harvest_at < r.deadline - out.before_expiry_margin_seconds
+        ):
+            due.append(HarvestDue(pool=r.pool, name=r.name, container_id=r.container_id, reason="before-expiry"))
+        elif out.every_seconds is not None and now - last >= out.every_seconds:
+            due.append(HarvestDue(pool=r.pool, name=r.name, container_id=r.container_id, reason="every"))
+    return due
+
+
+class Planner:
+    """Reads the pools file and the records; produces a :class:`PoolPlan` per pool."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def drain_key(self, pool: str) -> str:
+        return self.rt.store.pool_key(pool, "drain")
+
+    def draining(self, pool: str) -> bool:
+        return bool(self.rt.redis.exists(self.drain_key(pool)))
+
+    def set_drain(self, pool: str, on: bool) -> None:
+        if on:
+            self.rt.redis.set(self.drain_key(pool), "1")
+        else:
+            self.rt.redis.delete(self.drain_key(pool))
+
+    def desired(self, spec: PoolSpec, now: float, *, digest: str, draining: bool = False) -> DesiredPool:
+        min_ready, buffer = (0, 0) if draining else spec.sizes_at(now)
+        expires = spec.container.expires_after_minutes
+        return DesiredPool(
+            name=spec.name,
+            min_ready=min_ready,
+            buffer=buffer,
+            max_total=spec.max_total,
+            keepalive_margin=min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0),
+            inputs_digest=digest,
+            expires_minutes=expires,
+            orphan_grace=self.rt.settings.orphan_grace,
+            name_prefix=self.rt.settings.name_prefix,
+        )
+
+    def remote(self) -> list[RemoteContainer]:
+        """Every container the API lists (listing all containers touches none of them)."""
+        prefix = self.rt.settings.name_prefix + "-"
+        return [
+            RemoteContainer(id=c.id, name=c.name, created_at=float(c.created_at), status=c.status)
+            for c in self.rt.client.list_containers()
+            if c.name.startswith(prefix)
+        ]
+
+    def plan(self, now: float | None = None, *, remote: list[RemoteContainer] | None = None) -> list[PoolPlan]:
+        now = self.rt.clock.now() if now is None else now
+        store = self.rt.store
+        pools = self.rt.pools().pools
+        plans: list[PoolPlan] = []
+        for name, spec in pools.items():
+            records = store.records(name)
+            draining = self.draining(name)
+            _, digest = self.rt.inputs(spec)
+            desired = self.desired(spec, now, digest=digest, draining=draining)
+            breaker = store.breaker_state(name)
+            actions: list[Action] = reconcile(
+                desired,
+                records,
+                now,
+                remote=remote,
+                breaker_open=breaker.state is BreakerState.OPEN,
+                max_provision=1 if breaker.state is BreakerState.HALF_OPEN else None,
+            )
+            actions.extend(harvest_due(spec, records, now))
+            counts = _counts(records)
+            change = spec.next_schedule_change(now)
+            plans.append(
+                PoolPlan(
+                    pool=name,
+                    desired_ready=ready_target(desired, counts.get("leased", 0)),
+                    min_ready=desired.min_ready,
+                    buffer=desired.buffer,
+                    max_total=desired.max_total,
+                    counts=counts,
+                    breaker=breaker.state.value,
+                    breaker_reason=breaker.reason,
+                    draining=draining,
+                    next_schedule_change=change.astimezone(UTC).isoformat() if change else None,
+                    actions=actions,
+                )
+            )
+        # Pools removed from the pools file: let go of their idle containers, keep leased ones.
+        for name in sorted(set(store.pools()) - set(pools)):
+            records = store.records(name)
+            if not records:
+                continue
+            desired = DesiredPool(name=name, min_ready=0, max_total=0, name_prefix=self.rt.settings.name_prefix,
+                                  orphan_grace=self.rt.settings.orphan_grace)
+            plans.append(
+                PoolPlan(pool=name, desired_ready=0, min_ready=0, buffer=0, max_total=0, counts=_counts(records),
+                         breaker="closed", breaker_reason=None, draining=True, next_schedule_change=None,
+                         actions=reconcile(desired, records, now, remote=remote, breaker_open=True))
+            )
+        if remote is not None:
+            known = [r for p in store.pools() for r in store.records(p)]
+            orphans = find_orphans(
+                remote, [r.name for r in known], [r.container_id for r in known if r.container_id], now,
+                name_prefix=self.rt.settings.name_prefix, grace=self.rt.settings.orphan_grace,
+            )
+            covered = {a.container_id for p in plans for a in p.actions if isinstance(a, DeleteOrphan)}
+            by_pool: dict[str, list[Action]] = {}
+            for orphan in orphans:
+                if orphan.container_id not in covered:
+                    by_pool.setdefault(orphan.pool or "-", []).append(orphan)
+            for name, found in sorted(by_pool.items()):
+                plans.append(
+                    PoolPlan(pool=name, desired_ready=0, min_ready=0, buffer=0, max_total=0, counts={},
+                             breaker="closed", breaker_reason=None, draining=True, next_schedule_change=None,
+                             actions=found)
+                )
+        return plans
+
+
+def _counts(records: Sequence[ContainerRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        key = r.state.value.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class Applier:
+    """Makes each action visible in Redis, then enqueues its task. Safe to run on any replica."""
+
+    def __init__(self, runtime: Runtime, enqueue: Enqueue, *, rng: random.Random | None = None,
+                 pending_ttl: float = 60.0) -> None:
+        self.rt = runtime
+        self.enqueue = enqueue
+        self.rng = rng or random.Random()
+        self.pending_ttl = pending_ttl
+
+    def _once(self, kind: str, ref: str) -> bool:
+        """True the first time within ``pending_ttl``: a task already queued is not queued again."""
+        key = self.rt.store.key("pending", kind, ref)
+        return bool(self.rt.redis.set(key, "1", nx=True, px=max(1, int(self.pending_ttl * 1000))))
+
+    def apply(self, plans: Sequence[PoolPlan]) -> list[dict[str, Any]]:
+        done: list[dict[str, Any]] = []
+        for plan in plans:
+            for action in plan.actions:
+                try:
+                    if self._apply(action):
+                        done.append(action.to_json())
+                except (Conflict, LeaseError) as exc:
+                    log.info("skipped %s: %s", action.kind, exc)  # the record moved: next tick decides again
+                except HearthError as exc:
+                    log.warning("could not apply %s: %s", action.kind, exc)
+        return done
+
+    def _apply(self, action: Action) -> bool:
+        store = self.rt.store
+        if isinstance(action, Provision):
+            spec = self.rt.pool(action.pool)
+            _, digest = self.rt.inputs(spec)
+            for _ in range(action.count):
+                name = make_name(self.rt.settings.name_prefix, action.pool, rng=self.rng)
+                store.write_intent(action.pool, name, inputs_digest=digest,
+                                   expires_minutes=spec.container.expires_after_minutes)
+                self.enqueue("hearth.provision", [name])
+                log_event(log, "container.provisioning", pool=action.pool, name=name)
+            return action.count > 0
+        if isinstance(action, Refresh):
+            if self._once("refresh", action.name):
+                self.enqueue("hearth.refresh", [action.name])
+                return True
+            return False
+        if isinstance(action, Retire):
+            record = store.get(action.name)
+            if record is None:
+                return False
+            if record.state not in (State.HARVESTING, State.DELETING):
+                target = State.HARVESTING if action.harvest and record.container_id else State.DELETING
+                store.transition(action.name, record.state, target, error=action.reason[:200])
+            elif not self._once("retire", action.name):
+                return False
+            self.enqueue("hearth.retire", [action.name])
+            return True
+        if isinstance(action, Reclaim):
+            if action.lease_id is not None:
+                self.rt.leases.reclaim(action.name, action.lease_id)
+            elif not self._once("retire", action.name):
+                return False
+            self.enqueue("hearth.retire", [action.name])
+            log_event(log, "lease.reclaimed", pool=action.pool, name=action.name, lease_id=action.lease_id)
+            return True
+        if isinstance(action, Forget):
+            return store.forget(action.name)
+        if isinstance(action, Adopt):
+            if self._once("adopt", action.name):
+                self.enqueue("hearth.adopt", [action.name])
+                return True
+            return False
+        if isinstance(action, DeleteOrphan):
+            if self._once("orphan", action.container_id):
+                self.enqueue("hearth.delete_orphan", [action.container_id, action.name])
+                return True
+            return False
+        if isinstance(action, HarvestDue):
+            if self._once("harvest", action.container_id):
+                self.enqueue("hearth.harvest", [action.container_id])
+                return True
+            return False
+        raise HearthError(f"unknown action {action.kind!r}")
+
+
+def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
+         lock_ttl: float = 60.0) -> list[dict[str, Any]] | None:
+    """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
+
+    The heartbeat leader and on-demand reconciles (``hearth.reconcile``, a lease waiting on an
+    empty pool) may overlap; the lock keeps two planners from provisioning the same gap twice.
+    """
+    key = runtime.store.key("lock", "tick")
+    token = f"{random.getrandbits(64):x}"
+    if not runtime.redis.set(key, token, nx=True, px=int(lock_ttl * 1000)):
+        return None
+    try:
+        return Applier(runtime, enqueue).apply(Planner(runtime).plan(remote=remote))
+    finally:
+        # Release only our own lock (a tick that outlived lock_ttl must not free another's).
+        runtime.redis.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+            1, key, token,
+        )
+

@@ -1,0 +1,145 @@
+"""The process-wide parts of a Hearth process, built once at process start and passed in.
+
+A worker process, the heartbeat and the CLI each build one ``Runtime`` from ``Settings``: one Redis
+client, one API client (one HTTP connection pool), the pool store, leases and the harvester. Nothing
+here is a module global, so tests build as many as they like, with their own clock or transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import redis
+
+from hearth.api.client import ContainersClient
+from hearth.clock import Clock, SystemClock
+from hearth.errors import ConfigError
+from hearth.events import NullObserver, Observer
+from hearth.files.harvest import Harvester
+from hearth.files.inputs import InputItem, inputs_digest, resolve_inputs
+from hearth.pool.leases import Leases
+from hearth.pool.store import PoolStore
+from settings import Settings, load_pools
+from settings.pools import PoolsFile, PoolsFileError, PoolSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@dataclass
+class _PoolsCache:
+    path: Path | None = None
+    mtime: float = -1.0
+    pools: PoolsFile | None = None
+    inputs: dict[str, tuple[tuple[tuple[str, float, int], ...], list[InputItem], str]] = field(default_factory=dict)
+
+
+class Runtime:
+    """Settings plus the clients every Hearth operation needs; ``close()`` at process exit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: redis.Redis,
+        client: ContainersClient,
+        clock: Clock | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.redis = redis_client
+        self.client = client
+        self.observer: Observer = observer or NullObserver()
+        self.store = PoolStore(redis_client, self.clock, prefix=settings.key_prefix)
+        self.leases = Leases(self.store)
+        self.harvester = Harvester(client, self.clock)
+        self._pools = _PoolsCache()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        transport: httpx.BaseTransport | None = None,
+        observer: Observer | None = None,
+    ) -> Runtime:
+        settings = settings or Settings()
+        url = settings.resolved_redis_url
+        if not url:
+            raise ConfigError(
+                "no Redis: set HEARTH_REDIS_URL, or start `hearth up` with this data dir "
+                f"({settings.data_dir})",
+                where="HEARTH_REDIS_URL",
+            )
+        redis_client = redis.Redis.from_url(url, health_check_interval=30)
+        client = ContainersClient.from_settings(settings, redis=redis_client, transport=transport, clock=clock)
+        return cls(settings, redis_client=redis_client, client=client, clock=clock, observer=observer)
+
+    def __repr__(self) -> str:
+        return f"Runtime(backend={self.settings.backend.value!r}, api={self.client.base_url!r})"
+
+    def close(self) -> None:
+        self.client.close()
+        self.redis.close()
+
+    # --- the pools file --------------------------------------------------------------------------
+
+    def pools(self) -> PoolsFile:
+        """The pools file, re-read when it changes on disk (edits apply without a restart)."""
+        path = Path(self.settings.pools)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError as exc:
+            raise ConfigError(f"cannot read the pools file: {exc.strerror}", where=str(path)) from None
+        cache = self._pools
+        if cache.pools is None or cache.path != path or cache.mtime != mtime:
+            try:
+                loaded = load_pools(path)
+            except PoolsFileError as exc:
+                raise ConfigError(str(exc), where=str(path)) from None
+            self._pools = _PoolsCache(path=path, mtime=mtime, pools=loaded)
+        assert self._pools.pools is not None
+        return self._pools.pools
+
+    def pool(self, name: str) -> PoolSpec:
+        pools = self.pools().pools
+        if name not in pools:
+            known = ", ".join(sorted(pools)) or "none"
+            raise ConfigError(f"no pool named {name!r} (pools: {known})", where=str(self.settings.pools))
+        return pools[name]
+
+    def inputs(self, spec: PoolSpec) -> tuple[list[InputItem], str]:
+        """The pool's input files and their digest; re-hashed only when a file changed."""
+        base = Path(self.settings.pools).resolve().parent
+        stamp = _stamp(spec.inputs, base)
+        cached = self._pools.inputs.get(spec.name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        items = resolve_inputs(spec.inputs, base)
+        digest = inputs_digest(items)
+        self._pools.inputs[spec.name] = (stamp, items, digest)
+        return items, digest
+
+
+def _stamp(specs: Sequence[object], base: Path) -> tuple[tuple[str, float, int], ...]:
+    """Cheap change detection for local inputs: (path, mtime, size) of every matching file."""
+    rows: list[tuple[str, float, int]] = []
+    for spec in specs:
+        raw = getattr(spec, "path", None)
+        if raw is None:
+            rows.append((str(getattr(spec, "url", None) or getattr(spec, "file_id", None)), 0.0, 0))
+            continue
+        pattern = raw if Path(raw).is_absolute() else str(base / raw)
+        for p in sorted(Path("/").glob(pattern.lstrip("/"))) if any(c in pattern for c in "*?[") else [Path(pattern)]:
+            try:
+                st = p.stat()
+            except OSError:
+                rows.append((str(p), -1.0, -1))
+                continue
+            rows.append((str(p), st.st_mtime, st.st_size))
+    return tuple(rows)

@@ -1,0 +1,117 @@
+"""The application's side of Hearth: lease a ready container, give it back.
+
+``HearthPools`` is what an app holds (one per process)::
+
+    pools = HearthPools.from_settings()
+    with pools.leased("analysts") as lease:
+        client.responses.create(..., tools=[{"type": "code_interpreter", "container": lease.container_id}])
+
+A lease is one Redis script (milliseconds). Releasing moves the record and enqueues the harvest
+and retire on the workers, so the app never waits for file transfers. When the pool is empty the
+lease asks for an immediate reconcile and waits for the refill, up to the pool's ``wait_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+
+from hearth.errors import HearthError, PoolEmpty
+from hearth.events import log_event
+from hearth.pool.leases import Lease, ReleasedLease
+from hearth.pool.model import State
+from hearth.runtime import Runtime
+from settings import Settings
+from tasks.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class HearthPools:
+    """Leases for applications: ``lease``/``release`` or the ``leased`` context manager."""
+
+    def __init__(self, runtime: Runtime, celery_app: Celery) -> None:
+        self.rt = runtime
+        self.celery = celery_app
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> HearthPools:
+        settings = settings or Settings()
+        return cls(Runtime.from_settings(settings), create_app(settings))
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def __enter__(self) -> HearthPools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lease(self, pool: str, *, ttl: float | None = None, wait: float | None = None,
+              holder: str | None = None) -> Lease:
+        """Take the ready container of ``pool`` with the most life left (at least the pool's
+        ``min_remaining_on_claim_seconds``); PoolEmpty if none is ready within ``wait`` seconds."""
+        spec = self.rt.pool(pool)
+        rules = spec.lease
+        ttl = float(ttl if ttl is not None else rules.ttl_seconds)
+        wait = float(wait if wait is not None else rules.wait_seconds)
+        started = self.rt.clock.now()
+        got = self.rt.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
+                                       holder=holder)
+        if got is None:
+            self._ask_for_refill()
+            try:
+                got = self.rt.leases.lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
+                                           wait_seconds=wait, holder=holder)
+            except PoolEmpty:
+                self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
+                raise
+        self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
+        log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
+        return got
+
+    def _ask_for_refill(self) -> None:
+        key = self.rt.store.key("pending", "reconcile")
+        if self.rt.redis.set(key, "1", nx=True, px=2000):
+            self.celery.send_task("hearth.reconcile")
+
+    def release(self, container_id: str, lease_id: str, *, reuse: bool | None = None) -> ReleasedLease:
+        """Give the container back; its outputs are harvested and it is retired (or reused)."""
+        record = self.rt.store.by_container_id(container_id)
+        if record is None:
+            raise HearthError(f"container {container_id} is not one of Hearth's")
+        spec = self.rt.pool(record.pool)
+        reuse = spec.lease.on_release == "reuse" if reuse is None else reuse
+        released = self.rt.leases.release(container_id, lease_id, reuse=reuse)
+        if released.state is State.HARVESTING:
+            self.celery.send_task("hearth.retire", args=[released.name])
+        elif spec.outputs.on_release:
+            self.celery.send_task("hearth.harvest", args=[container_id])
+        log_event(log, "lease.released", pool=released.pool, container_id=container_id, lease_id=lease_id)
+        return released
+
+    @contextmanager
+    def leased(self, pool: str, *, ttl: float | None = None, wait: float | None = None) -> Iterator[Lease]:
+        """Lease for the duration of a ``with`` block; released (harvested, retired) on exit."""
+        got = self.lease(pool, ttl=ttl, wait=wait)
+        try:
+            yield got
+        finally:
+            self.release(got.container_id, got.lease_id)
+
+
+def lease_json(lease: Lease) -> dict[str, Any]:
+    """The JSON an app (or ``hearth lease --json``) sees."""
+    return {
+        "container_id": lease.container_id,
+        "name": lease.name,
+        "lease_id": lease.lease_id,
+        "token": lease.token,
+        "expires_at": lease.expires_at,
+        "pool": lease.pool,
+    }

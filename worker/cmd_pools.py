@@ -1,0 +1,246 @@
+"""Pool commands: ``heartbeat``, ``lease``, ``release``, ``harvest``, ``plan``, ``status``, ``gc``, ``drain``.
+
+Each prints a readable table (rich) or, with ``--json``, one JSON document; exit codes are for
+scripts: 0 done, 1 failed (the reason on stderr), 2 bad usage or configuration, 3 pool empty.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hearth.errors import ConfigError, HearthError, PoolEmpty
+from hearth.runtime import Runtime
+from settings import Settings
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_EMPTY = 1, 2, 3
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    try:
+        rt = Runtime.from_settings(Settings())
+    except ConfigError as exc:
+        err.print(f"[red]configuration:[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    try:
+        yield rt
+    except PoolEmpty as exc:
+        err.print(f"[yellow]pool empty:[/] {exc}")
+        raise typer.Exit(EXIT_EMPTY) from None
+    except ConfigError as exc:
+        err.print(f"[red]configuration:[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    except HearthError as exc:
+        err.print(f"[red]failed:[/] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        rt.close()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def public_url(url: str | None) -> str | None:
+    """A URL without its password (for status output and logs)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    elif parts.password:
+        netloc = f":***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def heartbeat() -> None:
+    """Run the heartbeat: reconcile every pool each HEARTH_HEARTBEAT_INTERVAL seconds (one leader)."""
+    from worker.heartbeat import run_heartbeat
+
+    run_heartbeat(Settings())
+
+
+def lease(
+    pool: str = typer.Argument(..., help="Pool to lease from."),
+    ttl: float | None = typer.Option(None, "--ttl", help="Lease time to live, s (default: the pool's)."),
+    wait: float | None = typer.Option(None, "--wait", help="Wait for a ready container, s (default: the pool's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Lease a ready container of POOL and print its id and lease id."""
+    from tasks.app import create_app
+    from tasks.pools import HearthPools, lease_json
+
+    with _runtime() as rt:
+        got = HearthPools(rt, create_app(rt.settings)).lease(pool, ttl=ttl, wait=wait)
+        data = lease_json(got)
+        if as_json:
+            _print_json(data)
+        else:
+            out.print(f"leased [bold]{got.container_id}[/] ({got.name}) lease [bold]{got.lease_id}[/] "
+                      f"until {data['expires_at']}")
+
+
+def release(
+    container_id: str = typer.Argument(..., help="The leased container's id."),
+    lease_id: str = typer.Option(..., "--lease", help="The lease id `hearth lease` printed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Release a lease: the container's outputs are harvested and it is retired (or reused)."""
+    from tasks.app import create_app
+    from tasks.pools import HearthPools
+
+    with _runtime() as rt:
+        released = HearthPools(rt, create_app(rt.settings)).release(container_id, lease_id)
+        if as_json:
+            _print_json({"container_id": container_id, "name": released.name, "state": released.state.value})
+        else:
+            out.print(f"released {container_id}: {released.state.value.lower()}")
+
+
+def harvest(
+    container_id: str = typer.Argument(..., help="Container to harvest."),
+    to: str | None = typer.Option(None, "--to", help="Storage URL (default: the pool's target)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Copy a container's outputs to durable storage now (in this process)."""
+    from hearth.operations import Operations
+
+    with _runtime() as rt:
+        report = Operations(rt).harvest(container_id, to=to)
+        data = {"container_id": container_id, "target": report.target, "files": report.files,
+                "bytes": report.bytes, "already": report.already, "skipped": report.skipped,
+                "failures": report.failures, "expired": report.expired}
+        if as_json:
+            _print_json(data)
+        else:
+            out.print(f"harvested {report.files} files ({report.bytes} bytes) to {report.target}; "
+                      f"{report.already} already there, {report.skipped} skipped, {report.failures} failed")
+        if not report.complete:
+            raise typer.Exit(EXIT_FAILED)
+
+
+def plan(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Print what the heartbeat would do now, changing nothing."""
+    from hearth.planner import Planner
+
+    with _runtime() as rt:
+        plans = Planner(rt).plan()
+        if as_json:
+            _print_json([p.to_json() for p in plans])
+            return
+        table = Table("pool", "desired ready", "counts", "breaker", "actions")
+        for p in plans:
+            actions = "\n".join(_describe(a.to_json()) for a in p.actions) or "-"
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "-"
+            table.add_row(p.pool, str(p.desired_ready), counts, p.breaker, actions)
+        out.print(table)
+
+
+def _describe(action: dict[str, Any]) -> str:
+    kind = action.pop("kind")
+    action.pop("pool", None)
+    return f"{kind} " + " ".join(f"{k}={v}" for k, v in action.items() if v is not None)
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Per pool: desired, and containers by state; the heartbeat's health."""
+    from hearth.planner import Planner
+
+    with _runtime() as rt:
+        plans = Planner(rt).plan()
+        beat = rt.store.health("heartbeat")
+        data = {
+            "api_base": rt.client.base_url,
+            "backend": rt.settings.backend.value,
+            "redis_url": public_url(rt.settings.resolved_redis_url),
+            "heartbeat": beat,
+            "pools": {
+                p.pool: {
+                    "desired": p.desired_ready,
+                    "min_ready": p.min_ready,
+                    "buffer": p.buffer,
+                    "max_total": p.max_total,
+                    **{s: p.counts.get(s, 0) for s in ("ready", "leased", "creating", "seeding", "harvesting",
+                                                        "deleting", "expired", "failed")},
+                    "provisioning": p.counts.get("creating", 0) + p.counts.get("seeding", 0),
+                    "breaker": p.breaker,
+                    "breaker_reason": p.breaker_reason,
+                    "draining": p.draining,
+                    "next_schedule_change": p.next_schedule_change,
+                }
+                for p in plans
+            },
+        }
+        if as_json:
+            _print_json(data)
+            return
+        out.print(f"API {data['api_base']} ({data['backend']}), Redis {data['redis_url']}, "
+                  f"heartbeat {'alive' if beat else '[red]not running[/]'}")
+        table = Table("pool", "desired", "ready", "leased", "provisioning", "expired/failed", "breaker", "next change")
+        pools: dict[str, dict[str, Any]] = data["pools"]  # type: ignore[assignment]
+        for name, p in pools.items():
+            table.add_row(name, str(p["desired"]), str(p["ready"]), str(p["leased"]), str(p["provisioning"]),
+                          str(p["expired"] + p["failed"]), str(p["breaker"]), str(p["next_schedule_change"] or "-"))
+        out.print(table)
+
+
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete orphans now: containers with Hearth's prefix that no record owns (after the grace)."""
+    from hearth.operations import Operations
+    from hearth.planner import Planner
+    from hearth.pool.reconcile import DeleteOrphan
+
+    with _runtime() as rt:
+        plans = Planner(rt).plan(remote=Planner(rt).remote())
+        orphans = [a for p in plans for a in p.actions if isinstance(a, DeleteOrphan)]
+        done = [] if dry_run else [Operations(rt).delete_orphan(o.container_id, o.name).to_json() for o in orphans]
+        if as_json:
+            _print_json({"orphans": [o.to_json() for o in orphans], "deleted": done, "dry_run": dry_run})
+        else:
+            for o in orphans:
+                out.print(f"{'would delete' if dry_run else 'deleted'} {o.container_id} ({o.name})")
+            out.print(f"{len(orphans)} orphan(s)")
+
+
+def drain(
+    pool: str = typer.Argument(..., help="Pool to drain."),
+    undo: bool = typer.Option(False, "--undo", help="Stop draining: scale back to the pools file."),
+) -> None:
+    """Scale POOL to zero idle containers (leased ones finish their lease), or --undo."""
+    from hearth.planner import Planner
+
+    with _runtime() as rt:
+        rt.pool(pool)
+        Planner(rt).set_drain(pool, not undo)
+        out.print(f"pool {pool}: {'draining' if not undo else 'back to its pools-file sizes'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("heartbeat")(heartbeat)
+    app.command("lease")(lease)
+    app.command("release")(release)
+    app.command("harvest")(harvest)
+    app.command("plan")(plan)
+    app.command("status")(status)
+    app.command("gc")(gc)
+    app.command("drain")(drain)

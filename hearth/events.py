@@ -62,14 +62,18 @@ _URL_PASSWORD_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)([^@\s/]+
 # name=value, name: value, "name": "value" where name looks secret (query strings, reprs, headers).
 _KV_RE = re.compile(
     r"""(?ix)
-    (?P<name>[\w\-]*(?:api[_\-]?key|secret|token|passw(?:or)?d|authorization|credential|dsn)[\w\-]*)
+    (?P<name>(?<![\w\-])[\w\-]*?(?:api[_\-]?key|secret|token|passw(?:or)?d|authorization|credential|dsn)[\w\-]*)
     (?P<sep>["']?\s*[:=]\s*["']?)
     (?P<value>(?!\[REDACTED\])[^\s"',;&)}\]]+)
     """
 )
 
+# Every shape above needs one of these; a string without any is returned untouched, cheaply.
+_TRIGGER_RE = re.compile(r"sk-|bearer|basic|://|[:=]", re.IGNORECASE)
+
 _secrets_lock = threading.Lock()
 _registered_secrets: frozenset[str] = frozenset()
+_registered_sorted: tuple[str, ...] = ()  # longest first, for redact_text
 
 
 def register_secrets(*values: str | None) -> None:
@@ -78,12 +82,13 @@ def register_secrets(*values: str | None) -> None:
     Process-wide on purpose: a secret learnt anywhere must be masked in every log line and Sentry
     event of the process. Empty values are ignored.
     """
-    global _registered_secrets
+    global _registered_secrets, _registered_sorted
     new = {v for v in values if v}
     if not new:
         return
     with _secrets_lock:
         _registered_secrets = _registered_secrets | new
+        _registered_sorted = tuple(sorted(_registered_secrets, key=len, reverse=True))
 
 
 def registered_secrets() -> frozenset[str]:
@@ -98,10 +103,15 @@ def is_secret_key(name: str) -> bool:
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret shape and every literal secret (registered or given) masked."""
-    literals = sorted(_registered_secrets.union(s for s in secrets if s), key=len, reverse=True)
+    literals = _registered_sorted
+    extra = [s for s in secrets if s]
+    if extra:
+        literals = tuple(sorted(set(literals).union(extra), key=len, reverse=True))
     for secret in literals:  # longest first, so a secret containing another is masked whole
         if secret in text:
             text = text.replace(secret, MASK)
+    if not _TRIGGER_RE.search(text):  # the common case (ids, names, numbers): no shape can match
+        return text
     text = _OPENAI_KEY_RE.sub(MASK, text)
     text = _BEARER_RE.sub(lambda m: f"{m.group(1)} {MASK}", text)
     text = _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}{MASK}@", text)
@@ -304,6 +314,11 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+def event_text(event: str, fields: Mapping[str, Any]) -> str:
+    """The plain message of a ``log_event`` record: ``"lease.taken pool=analysts …"``."""
+    return " ".join([event, *(f"{k}={v}" for k, v in fields.items())])
+
+
 def log_event(
     logger: logging.Logger,
     event: str,
@@ -322,6 +337,6 @@ def log_event(
     if not logger.isEnabledFor(level):
         return
     kept = {k: v for k, v in fields.items() if v is not None}
-    text = " ".join([event, *(f"{k}={v}" for k, v in kept.items())])
+    text = event_text(event, kept)
     # The plain message goes through %s with the text as an arg, so a '%' in a field is harmless.
     logger.log(level, "%s", text, exc_info=exc_info, extra={EVENT_ATTR: event, FIELDS_ATTR: kept}, stacklevel=2)

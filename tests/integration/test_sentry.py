@@ -143,6 +143,8 @@ EVENT_SCRIPT = """
 
     log = logging.getLogger("hearth.test")
     log.warning("calling the API with %s for %s", key, domain)      # becomes a breadcrumb
+    import httpx                                                      # an http breadcrumb, key in the query
+    httpx.get(os.environ["SENTRY_DSN"].replace("public@", "") + "/probe?api-key=" + key + "&d=" + domain)
     sentry_sdk.add_breadcrumb(category="api", message="key " + key, data={"api_key": key, "note": domain})
     sentry_sdk.set_extra("config", {"token": key, "text": "secret=" + domain, "plain": domain})
     sentry_sdk.set_context("pool", {"domain": domain, "pool": "analysts"})
@@ -180,7 +182,10 @@ def test_event_arrives_without_the_api_key_or_domain_secret(envelope_server: Env
     assert any(c.get("category") == "api" and c["data"]["api_key"] == "[REDACTED]" for c in crumbs)
     assert any("calling the API with [REDACTED]" in (c.get("message") or "") for c in crumbs)
     assert exc_events[0]["tags"]["component"] == "worker"
-    assert "celery" in exc_events[0]["sdk"]["integrations"]
+    assert {"celery", "httpx", "redis"} <= set(exc_events[0]["sdk"]["integrations"])
+    http = [c for c in crumbs if c.get("category") == "httplib"]
+    assert http and "/probe" in http[0]["data"]["url"], crumbs
+    assert "[REDACTED]" in http[0]["data"]["http.query"]
     assert any("harvest failed" in json.dumps(e.get("logentry", {})) for e in events)
 
     for rec in envelope_server.received:

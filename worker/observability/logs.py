@@ -26,7 +26,16 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from hearth.errors import ConfigError
-from hearth.events import EVENT_ATTR, FIELDS_ATTR, MASK, is_secret_key, redact, redact_text, register_secrets
+from hearth.events import (
+    EVENT_ATTR,
+    FIELDS_ATTR,
+    MASK,
+    event_text,
+    is_secret_key,
+    redact,
+    redact_text,
+    register_secrets,
+)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra`` (or a filter).
 _STANDARD_ATTRS: frozenset[str] = frozenset(
@@ -60,16 +69,26 @@ class RedactFilter(logging.Filter):
         self._secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not hide the record, nor leak its args
-            message = f"{record.msg!s} (unformattable args)"
-        record.msg = redact_text(message, self._secrets)
+        event = getattr(record, EVENT_ATTR, None)
+        fields = getattr(record, FIELDS_ATTR, None)
+        if fields is not None:
+            fields = redact(fields, self._secrets)
+            setattr(record, FIELDS_ATTR, fields)
+        if isinstance(event, str) and isinstance(fields, dict):
+            # A log_event record: its message is made of its fields, so rebuild it from the
+            # redacted fields (cheaper than scanning the long text again).
+            record.msg = event_text(redact_text(event, self._secrets), fields)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:  # a bad format string must not hide the record, nor leak its args
+                message = f"{record.msg!s} (unformattable args)"
+            record.msg = redact_text(message, self._secrets)
         record.args = None
         for name, value in list(record.__dict__.items()):
-            if name in _STANDARD_ATTRS or name.startswith("_"):
+            if name in _STANDARD_ATTRS or name == FIELDS_ATTR or name.startswith("_"):
                 continue
-            if name != FIELDS_ATTR and value is not None and is_secret_key(name):
+            if value is not None and is_secret_key(name):
                 setattr(record, name, MASK)
             else:
                 setattr(record, name, redact(value, self._secrets))

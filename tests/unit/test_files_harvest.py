@@ -37,6 +37,7 @@ class StandIn:
         self.downloads: list[str] = []
         self.on_download: Callable[[str, int], bytes | None] | None = None  # may corrupt the nth try
         self.explode_after: tuple[str, int, BaseException] | None = None  # (file id, bytes, what to raise)
+        self.lie_about_sha = 0  # how many downloads report a wrong sha256
 
     def add(self, path: str, data: bytes, *, source: str = "assistant", report_bytes: bool = True) -> str:
         fid = f"cfile_{len(self.files):04d}"
@@ -71,6 +72,9 @@ class StandIn:
                 raise exc
             sink.write(chunk)
             digest.update(chunk)
+        if self.lie_about_sha:
+            self.lie_about_sha -= 1
+            return Download(bytes=len(data), sha256="0" * 64)
         return Download(bytes=len(data), sha256=digest.hexdigest())
 
     def upload_file(self, container_id: str, source: Path | BinaryIO, *, filename: str | None = None) -> ContainerFile:
@@ -338,3 +342,11 @@ def test_a_newer_file_at_the_same_path_supersedes_the_older(client: StandIn, tar
     assert stored(target) == {"a.txt": b"v2-longer"}
     assert [f["file_id"] for f in manifest(target)["files"]] == ["cfile_0001"]
     assert harvester(client).harvest(CID, target).files == 0  # stable: no ping-pong between versions
+
+
+def test_rehash_catches_a_client_whose_sha256_is_wrong(client: StandIn, target: StorageTarget) -> None:
+    client.add("/mnt/data/a.bin", b"abc" * 100)
+    client.lie_about_sha = 1
+    report = Harvester(client, ManualClock(), rehash=True).harvest(CID, target)
+    assert report.files == 1 and len(client.downloads) == 2
+    assert report.saved[0].sha256 == hashlib.sha256(b"abc" * 100).hexdigest()

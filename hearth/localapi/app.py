@@ -19,6 +19,7 @@ import os
 import posixpath
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -166,6 +167,10 @@ class LocalAPI:
         return JSONResponse(body)
 
     async def _json(self, request: Request) -> dict[str, Any]:
+        return parse_json_object(await self._body(request))
+
+    @staticmethod
+    async def _body(request: Request) -> bytes:
         size = 0
         chunks: list[bytes] = []
         async for chunk in request.stream():
@@ -173,7 +178,7 @@ class LocalAPI:
             if size > MAX_JSON_BYTES:
                 raise BadRequest(f"Request body too large: the maximum is {MAX_JSON_BYTES} bytes.", status=400)
             chunks.append(chunk)
-        return parse_json_object(b"".join(chunks))
+        return b"".join(chunks)
 
     @staticmethod
     def _validate(model: type[M], body: dict[str, Any]) -> M:
@@ -316,6 +321,11 @@ class LocalAPI:
                 path=dev_path or self._upload_path(upload.filename),
                 source=source,
             )
+        elif content_type.lower().startswith("application/x-www-form-urlencoded"):
+            fields = dict(urllib.parse.parse_qsl((await self._body(request)).decode("utf-8", errors="replace")))
+            if not fields.get("file_id"):
+                raise BadRequest("Missing required parameter: 'file'.", status=400, param="file")
+            row = await self._run(self.store.add_container_file_by_id, ctx.tenant, cid, fields["file_id"])
         else:
             body = await self._json(request)
             if not body:

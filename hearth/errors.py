@@ -125,3 +125,9 @@ class InputsIncomplete(HearthError):
     """After an input sync, the container still lacks an input (or holds it with the wrong size)."""
 
     temporary = True
+
+
+class StateStoreError(HearthError):
+    """Redis (the state store) failed a command: the change may or may not have happened; retry."""
+
+    temporary = True

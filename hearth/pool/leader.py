@@ -20,7 +20,7 @@ from collections.abc import Callable
 import redis
 
 from hearth.clock import Clock
-from hearth.errors import HearthError
+from hearth.errors import StateStoreError
 
 _RENEW = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -102,7 +102,7 @@ class LeaderLease:
                 return False
             self.epoch = int(self.redis.incr(self._epoch_key))
         except redis.RedisError as exc:
-            raise HearthError(f"redis: leader acquire failed: {type(exc).__name__}", temporary=True) from exc
+            raise StateStoreError(f"redis: leader acquire failed: {type(exc).__name__}") from exc
         self._value = value
         self._held(started)
         return True
@@ -117,7 +117,7 @@ class LeaderLease:
         except redis.RedisError as exc:
             # Unknown outcome: stop trusting the lease now rather than risk two leaders.
             self._valid_until = 0.0
-            raise HearthError(f"redis: leader renew failed: {type(exc).__name__}", temporary=True) from exc
+            raise StateStoreError(f"redis: leader renew failed: {type(exc).__name__}") from exc
         if ok:
             self._held(started)
         else:
@@ -138,12 +138,12 @@ class LeaderLease:
         try:
             return bool(self._release(keys=[self.key], args=[value]))
         except redis.RedisError as exc:
-            raise HearthError(f"redis: leader release failed: {type(exc).__name__}", temporary=True) from exc
+            raise StateStoreError(f"redis: leader release failed: {type(exc).__name__}") from exc
 
     def holder(self) -> str | None:
         """Identity of the current leader, if any (for ``hearth status``)."""
         try:
             raw = self.redis.get(self.key)
         except redis.RedisError as exc:
-            raise HearthError(f"redis: {type(exc).__name__}", temporary=True) from exc
+            raise StateStoreError(f"redis: {type(exc).__name__}") from exc
         return None if raw is None else _text(raw).rsplit(":", 1)[0]

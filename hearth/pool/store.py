@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from hearth.clock import Clock
-from hearth.errors import Conflict, HearthError, LeaseError
+from hearth.errors import Conflict, LeaseError, StateStoreError
 from hearth.pool import scripts
 from hearth.pool.model import MAX_ERROR_CHARS, ContainerRecord, State, can_transition
 
@@ -114,13 +114,13 @@ class PoolStore:
         try:
             return script(keys=[], args=[self.prefix, *args])
         except redis.RedisError as exc:
-            raise HearthError(f"redis: {type(exc).__name__}: {exc}", temporary=True) from exc
+            raise StateStoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
     def _cmd(self, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
         except redis.RedisError as exc:
-            raise HearthError(f"redis: {type(exc).__name__}: {exc}", temporary=True) from exc
+            raise StateStoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
     # --- records ---------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from hearth.clock import ManualClock
-from hearth.errors import Conflict
+from hearth.errors import Conflict, StateStoreError
 from hearth.pool import (
     Adopt,
     BreakerPolicy,
@@ -217,3 +217,15 @@ def test_health_beat_expires(store: PoolStore, redis_client: redis.Redis) -> Non
     assert seen is not None and seen["leader"] == "a" and seen["at"] == 1_700_000_000.0
     assert 0 < redis_client.pttl(store.health_key("heartbeat")) <= 30_000
     assert store.health("worker") is None
+
+
+def test_redis_failures_become_temporary_state_store_errors(clock: ManualClock) -> None:
+    from worker.redis_server import free_port
+
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    store = PoolStore(dead, clock)
+    with pytest.raises(StateStoreError) as err:
+        store.write_intent(POOL, "x")
+    assert err.value.temporary
+    with pytest.raises(StateStoreError):
+        store.counts(POOL)

@@ -5,17 +5,14 @@ container until the container is gone. The record's ``name`` is also the contain
 API and the idempotency key of every task that touches it: a retried provision looks the name up
 and adopts what an earlier try created instead of creating a second container.
 
-State machine::
+State machine (``TRANSITIONS`` below is the authority)::
 
-                 +-------------------------------------------+
-                 |                                           v
-    (intent) CREATING --> SEEDING --> READY <--> LEASED --> HARVESTING --> DELETING --> GONE
-                 |           |          |  ^        |           |  |          ^
-                 |           |          |  +--------+-----------+  |          |
-                 v           v          v   (reuse)              (reuse)      |
-               FAILED      EXPIRED  (any live state may become EXPIRED/FAILED)|
-                 |           |                                                |
-                 +-----------+--------------------> DELETING / GONE ---------+
+    CREATING -> SEEDING -> READY -> LEASED -> HARVESTING -> DELETING -> GONE   the life of a container
+    CREATING -> READY                                   nothing to seed
+    LEASED -> READY,  HARVESTING -> READY               reuse (the pool's lease rule says which)
+    READY -> HARVESTING | DELETING,  LEASED -> DELETING retire, with or without a harvest
+    CREATING..HARVESTING -> EXPIRED | FAILED -> DELETING | GONE
+    CREATING -> DELETING | GONE                         a dead intent: adopted and deleted, or never created
 
 * ``CREATING``: the intent. Written *before* the create call, with ``container_id=None``; the
   create call sets ``container_id``. A crash between the call and the record update leaves an

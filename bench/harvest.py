@@ -1,14 +1,15 @@
 """Benchmark: harvest of a 1 GiB assistant file — memory growth and throughput vs a plain download.
 
 A local Containers API runs in its own process. A 1 GiB file "written by code" is put in a container
-through its dev switch. Then, each in a fresh process so neither run's memory or caches leak into the
-other, (1) a plain streamed download of that file with the client into a local file, the baseline,
-and (2) a harvest of the container into a local directory (sha256 + size checks, temporary name,
-fsync, rename, manifest). Each child samples its own RSS every 20 ms; growth is peak minus the RSS
-just before the transfer. Prints harvest/download throughput as a ratio and the RSS growth against
-the 64 MiB budget. Never fails CI (exit status 0 unless the setup itself breaks).
+through its dev switch. Then, each in a fresh process so neither run's memory leaks into the other,
+(1) a plain streamed download of that file with the client into a local file (fsync'd), the
+baseline, and (2) a harvest of the container into a local directory (size checks, temporary name,
+fsync, rename, manifest); the two alternate ``--repeat`` times and the best time of each is kept.
+Each child samples its own RSS every 20 ms; growth is peak minus the RSS just before the transfer.
+Prints harvest/download throughput as a ratio and the RSS growth against the 64 MiB budget. Never
+fails CI (exit status 0 unless the setup itself breaks).
 
-Run: ``.venv/bin/python bench/harvest.py [--gib 1]``
+Run: ``.venv/bin/python bench/harvest.py [--gib 1] [--repeat 2]``
 """
 
 from __future__ import annotations
@@ -88,9 +89,17 @@ def _child(*args: str) -> dict[str, float]:
     return result
 
 
+def _best(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The fastest run's time, and the largest RSS growth of any run."""
+    fastest = min(runs, key=lambda r: r["seconds"])
+    worst = max(runs, key=lambda r: r["rss_peak"] - r["rss_base"])
+    return {**fastest, "rss_base": worst["rss_base"], "rss_peak": worst["rss_peak"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="file size in GiB (default 1)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternated; best time (default 2)")
     args = parser.parse_args()
     size = int(args.gib * 2**30)
 
@@ -130,9 +139,14 @@ def main() -> None:
             fid = made.json()["id"]
             print(f"created a {size / 2**30:.2f} GiB assistant file in {time.perf_counter() - t0:.1f} s")
 
-            dl = _child("download", base_url, cid, fid, str(work / "plain.bin"))
-            (work / "plain.bin").unlink()
-            hv = _child("harvest", base_url, cid, fid, str(work / "harvest"))
+            downloads, harvests = [], []
+            for i in range(args.repeat):  # alternated, so load from other processes hits both alike
+                downloads.append(_child("download", base_url, cid, fid, str(work / "plain.bin")))
+                (work / "plain.bin").unlink()
+                harvests.append(_child("harvest", base_url, cid, fid, str(work / f"harvest{i}")))
+                subprocess.run(["rm", "-rf", str(work / f"harvest{i}")], check=True)
+            dl = _best(downloads)
+            hv = _best(harvests)
         finally:
             if server.stdin:
                 server.stdin.close()

@@ -106,9 +106,8 @@ def test_real_2xx_of_every_operation_conform(tmp_path: Path) -> None:
         check("POST", "/containers/{container_id}/files", h.post(f"/containers/{cid}/files", json={"file_id": fid}))
         check("GET", "/containers/{container_id}/files", h.get(f"/containers/{cid}/files"))
         check("GET", "/containers/{container_id}/files/{file_id}", h.get(f"/containers/{cid}/files/{cfid}"))
-        check(
-            "GET", "/containers/{container_id}/files/{file_id}/content", h.get(f"/containers/{cid}/files/{cfid}/content")
-        )
+        content = h.get(f"/containers/{cid}/files/{cfid}/content")
+        check("GET", "/containers/{container_id}/files/{file_id}/content", content)
         check("DELETE", "/containers/{container_id}/files/{file_id}", h.delete(f"/containers/{cid}/files/{cfid}"))
         check("DELETE", "/containers/{container_id}", h.delete(f"/containers/{cid}"))
         check("DELETE", "/files/{file_id}", h.delete(f"/files/{fid}"))

@@ -1,7 +1,10 @@
 """Fault injection for the local Containers API: latency, 5xx, 429 with Retry-After, dropped connections.
 
 Off by default. Set overall or per endpoint, deterministic under ``seed``. Lives in settings because
-it is configuration (``HEARTH_FAULTS`` as JSON, or ``PUT /_dev/faults`` at run time).
+it is configuration (``HEARTH_FAULTS`` as JSON, or ``PUT /_dev/faults`` at run time). Endpoint names
+and the order in which faults apply are documented in ``hearth/localapi/faults.py``. Example::
+
+    HEARTH_FAULTS='{"seed": 1, "error_rate": 0.1, "endpoints": {"files.content": {"drop_rate": 0.5}}}'
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ class FaultConfig(EndpointFaults):
     """Overall faults plus per-endpoint overrides keyed by endpoint name (e.g. ``containers.create``)."""
 
     seed: int | None = Field(None, description="Seed of the fault RNG; same seed, same faults. Default random.")
-    endpoints: dict[str, EndpointFaults] = Field(default_factory=dict)
+    endpoints: dict[str, EndpointFaults] = Field(
+        default_factory=dict,
+        description=(
+            "Per-endpoint overrides (each replaces the overall values for its endpoint): containers.create|list|"
+            "retrieve|delete, files.create|list|retrieve|delete|content (container files), uploads.create|list|"
+            "retrieve|delete|content (the Files API). Default none."
+        ),
+    )
 
     def for_endpoint(self, name: str) -> EndpointFaults:
         return self.endpoints.get(name, self)

@@ -24,6 +24,8 @@ from pydantic_core import PydanticUndefined
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 sys.path.insert(0, str(ROOT))
 
 from settings.config import Settings  # noqa: E402
@@ -194,16 +196,30 @@ def render() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def readme_with_reference(readme: str, reference: str) -> str:
+    """The README with the generated reference (headings one level down) between the markers."""
+    start, stop = readme.index(BEGIN) + len(BEGIN), readme.index(END)
+    body = "\n".join(
+        ("#" + line if line.startswith("#") else line) for line in reference.splitlines()[1:]
+    ).strip("\n")
+    return readme[:start] + "\n" + body + "\n" + readme[stop:]
+
+
 def main(argv: list[str]) -> int:
     text = render()
+    readme = README.read_text(encoding="utf-8")
+    wanted = readme_with_reference(readme, text)
     if "--check" in argv:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale: run .venv/bin/python scripts/gen_reference.py", file=sys.stderr)
+        stale = [str(p) for p, ok in ((OUT, OUT.exists() and OUT.read_text(encoding="utf-8") == text),
+                                      (README, readme == wanted)) if not ok]
+        if stale:
+            print(f"{', '.join(stale)} stale: run .venv/bin/python scripts/gen_reference.py", file=sys.stderr)
             return 1
         return 0
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
+    README.write_text(wanted, encoding="utf-8")
+    print(f"wrote {OUT} and the reference section of {README}")
     return 0
 
 

@@ -32,6 +32,15 @@ def test_reference_is_up_to_date() -> None:
     assert current == rendered, "docs/reference.md is stale: run .venv/bin/python scripts/gen_reference.py"
 
 
+def test_readme_carries_the_generated_reference() -> None:
+    gen = _generator()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme == gen.readme_with_reference(readme, gen.render()), (
+        "README.md's reference section is stale: run .venv/bin/python scripts/gen_reference.py"
+    )
+    assert "HEARTH_REDIS_URL" in readme.split(gen.BEGIN)[1]
+
+
 def test_reference_lists_every_setting_and_pool_field() -> None:
     text = _generator().render()
     for name, info in Settings.model_fields.items():

@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     orphan_grace: Annotated[float, Field(ge=0)] = Field(
         300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
     )
+    session_idle: Annotated[float, Field(gt=0)] = Field(
+        1800.0,
+        description="A session's idle window, s: its lease lapses (harvest, retire) when unused this long; "
+        "a pool's lease.session_idle_seconds overrides it. Default 1800.",
+    )
+    session_retention: Annotated[float, Field(gt=0)] = Field(
+        7 * 24 * 3600.0,
+        description="How long a session record (its container history) stays in Redis after its last use, s. "
+        "Default 604800 (7 days).",
+    )
 
     # --- local API -----------------------------------------------------------------------------
     local_host: str = Field("127.0.0.1", description="Host `hearth api` binds. Default 127.0.0.1.")

@@ -413,6 +413,11 @@ class LeaseRules(_Model):
     wait_seconds: Annotated[
         float, Field(ge=0, description="How long a lease waits for the pool to refill when empty, s. Default 10.")
     ] = 10.0
+    session_idle_seconds: Annotated[
+        float | None,
+        Field(gt=0, description="Idle window of a session lease, s: unused this long, it lapses and its "
+                                "container is harvested and retired. Default none (HEARTH_SESSION_IDLE)."),
+    ] = None
 
 
 class OutputRules(_Model):

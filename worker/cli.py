@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_pools",
     "worker.cmd_api",
     "worker.cmd_config",
+    "worker.cmd_up",
 )
 
 

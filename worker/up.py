@@ -1,0 +1,391 @@
+"""``hearth up``: everything Hearth needs, in one supervisor process, on embedded defaults.
+
+A new user runs one command and sees pools fill. The supervisor starts what is not configured —
+an embedded ``redis-server`` (unless ``HEARTH_REDIS_URL``) and the local Containers API in a thread
+(unless an API backend is configured) — then a ``hearth worker`` and a ``hearth heartbeat`` as child
+processes pointed at them, writes ``<data_dir>/up.json`` so every other ``hearth`` command with the
+same settings finds them, and shows a live status until Ctrl-C or SIGTERM.
+
+Children run in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which
+then stops them in order) and their output goes to ``<data_dir>/logs/<name>.log`` so it does not
+tear the live display. Stopping: SIGTERM to each child's group, SIGKILL after ``stop_timeout``,
+then the local API and Redis; ``up.json`` is removed.
+
+A child that dies on its own is not restarted: the supervisor says which one, with the tail of its
+log, stops everything and exits 1. A crash-looping worker hidden behind restarts is worse for a
+first run than a clear stop; production runs the Procfile under a real process manager instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from hearth.errors import HearthError
+from hearth.localapi import LocalAPIServer
+from hearth.planner import Planner
+from hearth.pool.model import State
+from hearth.runtime import Runtime
+from settings import PoolsFileError, Settings, load_pools
+from settings.config import Backend
+from settings.discovery import UpInfo, clear_up, read_up
+from worker.redis_server import RedisServer, RedisServerError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+PLAIN_EVERY = 5.0  # seconds between status lines when stdout is not a terminal
+EVENTS_KEPT = 12
+
+
+class UpError(HearthError):
+    """``hearth up`` cannot start (another one runs here, a part did not come up)."""
+
+
+@dataclass
+class Child:
+    """One ``hearth <command>`` child process, in a process group of its own."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        # The group outlives its leader when the leader forked (prefork pools): signal it regardless.
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class PoolRow:
+    pool: str
+    desired: int
+    ready: int
+    leased: int
+    provisioning: int
+    expiring: int
+    breaker: str
+    next_change: str | None
+
+
+@dataclass
+class Snapshot:
+    rows: list[PoolRow] = field(default_factory=list)
+    states: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pool, state)
+    heartbeat: bool = False
+    error: str | None = None
+
+
+def snapshot(rt: Runtime) -> Snapshot:
+    """Per-pool counts from the planner plus every record's state (for the events feed)."""
+    now = rt.clock.now()
+    specs = rt.pools().pools
+    snap = Snapshot(heartbeat=rt.store.health("heartbeat") is not None)
+    for plan in Planner(rt).plan(now):
+        records = rt.store.records(plan.pool)
+        spec = specs.get(plan.pool)
+        margin = float(spec.keepalive.margin_seconds) if spec else 0.0
+        expiring = sum(
+            1 for r in records
+            if r.state in (State.READY, State.LEASED) and r.deadline is not None and r.deadline - now <= margin
+        )
+        for r in records:
+            snap.states[r.name] = (r.pool, r.state.value)
+        snap.rows.append(PoolRow(
+            pool=plan.pool, desired=plan.desired_ready, ready=plan.counts.get("ready", 0),
+            leased=plan.counts.get("leased", 0),
+            provisioning=plan.counts.get("creating", 0) + plan.counts.get("seeding", 0),
+            expiring=expiring, breaker=plan.breaker, next_change=plan.next_schedule_change,
+        ))
+    return snap
+
+
+def state_changes(before: dict[str, tuple[str, str]], after: dict[str, tuple[str, str]]) -> list[str]:
+    """Readable transitions between two snapshots: new records, moved states, forgotten records."""
+    out: list[str] = []
+    for name, (pool, state) in after.items():
+        old = before.get(name)
+        if old is None:
+            out.append(f"{pool}: {name} {state}")
+        elif old[1] != state:
+            out.append(f"{pool}: {name} {old[1]} -> {state}")
+    out.extend(f"{pool}: {name} gone" for name, (pool, _) in before.items() if name not in after)
+    return out
+
+
+class Supervisor:
+    """Starts the parts, shows the status, stops everything. ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        console: Console | None = None,
+        stop_timeout: float = 20.0,
+        refresh: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.console = console or Console()
+        self.stop_timeout = stop_timeout
+        self.refresh = refresh
+        self.data_dir = settings.data_dir.resolve()
+        self.pools_path = Path(settings.pools).resolve()
+        self.redis: RedisServer | None = None
+        self.api: LocalAPIServer | None = None
+        self.redis_url: str | None = None
+        self.api_base: str | None = None
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.events: deque[str] = deque(maxlen=EVENTS_KEPT)
+        self._wrote_up = False
+
+    # --- start ---------------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def start(self) -> None:
+        running = read_up(self.data_dir)
+        if running is not None and running.pid != os.getpid():
+            raise UpError(f"`hearth up` already runs in {self.data_dir} (pid {running.pid})")
+        if not self.pools_path.exists():
+            raise UpError(f"no pools file at {self.pools_path} (use --pools FILE or HEARTH_POOLS)")
+        try:
+            load_pools(self.pools_path)  # fail now, not in every child and every refresh
+        except PoolsFileError as exc:
+            raise UpError(str(exc)) from None
+        self._start_redis()
+        self._start_api()
+        UpInfo(pid=os.getpid(), redis_url=self.redis_url, api_base=self.api_base).write(self.data_dir)
+        self._wrote_up = True
+        env = self.child_env()
+        logs = self.data_dir / "logs"
+        hearth = [sys.executable, "-m", "worker.cli"]
+        self.children = [
+            Child("worker", [*hearth, "worker", "--pool", "threads"], logs / "worker.log"),
+            Child("heartbeat", [*hearth, "heartbeat"], logs / "heartbeat.log"),
+        ]
+        for child in self.children:
+            child.start(env)
+            self._say(f"{child.name}: pid {child.pid}, log {child.log_path}")
+        self._say(f"pools file {self.pools_path}; Ctrl-C stops everything")
+
+    def _start_redis(self) -> None:
+        if self.settings.redis_url:
+            self.redis_url = self.settings.redis_url
+            self._say("Redis: HEARTH_REDIS_URL (not starting an embedded one)")
+            return
+        self.redis = RedisServer(self.data_dir / "redis").start()
+        self.redis_url = self.redis.url
+        self._say(f"Redis: embedded at {self.redis_url} (pid {self.redis.process.pid if self.redis.process else '?'}, "
+                  f"data in {self.redis.data_dir})")
+
+    def _start_api(self) -> None:
+        s = self.settings
+        if s.backend is not Backend.local or s.api_base:
+            try:
+                self.api_base = s.api_base.rstrip("/") if s.api_base else s.resolved_api_base
+            except ValueError as exc:
+                raise UpError(str(exc)) from None
+            self._say(f"API: {self.api_base} ({s.backend.value}; not starting the local API)")
+            return
+        keys = (s.api_key.get_secret_value(),) if s.api_key else ()
+        api_dir = self.data_dir / "localapi"
+        try:
+            self.api = LocalAPIServer(api_dir, host=s.local_host, port=s.local_port, api_keys=keys, dev=True,
+                                      faults=s.faults).start()
+        except HearthError as exc:
+            if s.local_port == 0:
+                raise
+            self.api = LocalAPIServer(api_dir, host=s.local_host, port=0, api_keys=keys, dev=True,
+                                      faults=s.faults).start()
+            self._say(f"port {s.local_port} is busy ({exc}); the local API uses port {self.api.port} instead")
+        self.api_base = self.api.base_url
+        self._say(f"API: local at {self.api_base} (dev controls on{', API key required' if keys else ''})")
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "HEARTH_DATA_DIR": str(self.data_dir),
+            "HEARTH_POOLS": str(self.pools_path),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.redis_url:
+            env["HEARTH_REDIS_URL"] = self.redis_url
+        if self.api_base:
+            env["HEARTH_API_BASE"] = self.api_base
+        return env
+
+    # --- watch ---------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            self.stopping.set()
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children if c.exit_code() is not None), None)
+
+    def observe(self, rt: Runtime, before: Snapshot) -> tuple[Snapshot, list[str]]:
+        """A fresh snapshot and the events seen since ``before`` (also kept in ``self.events``)."""
+        try:
+            snap = snapshot(rt)
+        except HearthError as exc:
+            return Snapshot(states=before.states, error=str(exc)), []
+        stamp = datetime.now().strftime("%H:%M:%S")  # wall time for people reading the feed
+        new = [f"{stamp} {change}" for change in state_changes(before.states, snap.states)]
+        self.events.extend(new)
+        return snap, new
+
+    def render(self, snap: Snapshot) -> Group:
+        table = Table("pool", "desired", "ready", "leased", "provisioning", "expiring", "breaker", "next change",
+                      title=f"Hearth: API {self.api_base}  Redis {self.redis_url}  heartbeat "
+                            f"{'alive' if snap.heartbeat else 'starting'}")
+        for r in snap.rows:
+            table.add_row(r.pool, str(r.desired), str(r.ready), str(r.leased), str(r.provisioning),
+                          str(r.expiring), r.breaker, r.next_change or "-")
+        parts: list[Any] = [table]
+        if snap.error:
+            parts.append(Text(f"status unavailable: {snap.error}", style="red"))
+        parts.append(Text("recent events:" if self.events else "recent events: none yet", style="bold"))
+        parts.extend(Text(e) for e in self.events)
+        return Group(*parts)
+
+    @staticmethod
+    def plain_line(snap: Snapshot) -> str:
+        if snap.error:
+            return f"status unavailable: {snap.error}"
+        pools = "; ".join(
+            f"{r.pool} desired {r.desired} ready {r.ready} leased {r.leased} provisioning {r.provisioning} "
+            f"expiring {r.expiring} breaker {r.breaker}" for r in snap.rows
+        )
+        return f"status: {pools or 'no pools'}; heartbeat {'alive' if snap.heartbeat else 'starting'}"
+
+    def watch(self) -> int:
+        """Refresh the status until asked to stop (0) or a child dies (1)."""
+        settings = self.settings.model_copy(
+            update={"redis_url": self.redis_url, "api_base": self.api_base, "pools": self.pools_path,
+                    "data_dir": self.data_dir}
+        )
+        rt = Runtime.from_settings(settings)
+        snap = Snapshot()
+        try:
+            if self.console.is_terminal:
+                with Live(self.render(snap), console=self.console, auto_refresh=False) as live:
+                    while not self.stopping.is_set():
+                        if self.dead_child():
+                            break
+                        snap, _ = self.observe(rt, snap)
+                        live.update(self.render(snap), refresh=True)
+                        self.stopping.wait(self.refresh)
+            else:
+                waited = PLAIN_EVERY
+                while not self.stopping.is_set():
+                    if self.dead_child():
+                        break
+                    snap, new = self.observe(rt, snap)
+                    for line in new:
+                        self._say(f"event {line}")
+                    if waited >= PLAIN_EVERY:
+                        self._say(self.plain_line(snap))
+                        waited = 0.0
+                    self.stopping.wait(self.refresh)
+                    waited += self.refresh
+        finally:
+            rt.close()
+        dead = self.dead_child()
+        if dead is not None and not self.stopping.is_set():
+            self._say(f"[red]{dead.name} (pid {dead.pid}) exited unexpectedly with code {dead.exit_code()}; "
+                      f"stopping everything.[/] Last lines of {dead.log_path}:")
+            self.console.print(Text(dead.tail()))
+            return EXIT_FAILED
+        return EXIT_OK
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Children first (SIGTERM, then SIGKILL), then the API and Redis; remove up.json."""
+        live = [c for c in self.children if c.proc is not None]
+        for child in live:
+            child.signal_group(signal.SIGTERM)
+        for child in live:
+            assert child.proc is not None
+            try:
+                child.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._say(f"{child.name} did not stop in {self.stop_timeout:.0f} s: killing it")
+            child.signal_group(signal.SIGKILL)  # also whatever it left in its group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(10)
+            child.close()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        if self._wrote_up:
+            clear_up(self.data_dir, os.getpid())
+            self._wrote_up = False
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            try:
+                self.start()
+            except (HearthError, RedisServerError) as exc:
+                self.console.print(f"[red]hearth up:[/] {exc}", highlight=False)
+                return EXIT_CONFIG if isinstance(exc, UpError) else EXIT_FAILED
+            code = self.watch()
+            self._say("stopping…")
+            return code
+        finally:
+            self.shutdown()
+            self._say("stopped")
+
+
+__all__ = ["Child", "PoolRow", "Snapshot", "Supervisor", "UpError", "snapshot", "state_changes"]

@@ -77,7 +77,9 @@ class Runtime:
                 where="HEARTH_REDIS_URL",
             )
         redis_client = redis.Redis.from_url(url, health_check_interval=30)
-        client = ContainersClient.from_settings(settings, redis=redis_client, transport=transport, clock=clock)
+        client = ContainersClient.from_settings(
+            settings, redis=redis_client, transport=transport, clock=clock, observer=observer
+        )
         return cls(settings, redis_client=redis_client, client=client, clock=clock, observer=observer)
 
     def __repr__(self) -> str:

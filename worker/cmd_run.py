@@ -3,13 +3,42 @@
 Every Containers API call and file transfer runs here. Scale out by running more of these, on any
 machine, against the same Redis. SIGTERM is a warm shutdown: running tasks finish; tasks that
 cannot finish in time are redelivered (acks_late), since every Hearth task is idempotent.
+
+Observability is set up here, before Celery starts: logging (Celery keeps our redacting handler),
+Sentry, and the metrics server on ``HEARTH_METRICS_PORT``. Its observer is handed to
+``tasks.runtime`` so every API call a task makes is counted. With the prefork pool the children's
+samples go to multiprocess files under ``<data_dir>/metrics`` that the parent's server sums.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import typer
 
-from settings import Settings
+from settings import Settings, load_pools
+from settings.pools import NetworkPolicyAllowlist, PoolsFileError
+
+log = logging.getLogger(__name__)
+
+
+def domain_secret_values(settings: Settings) -> list[str]:
+    """The ``domain_secrets`` values the pools file names, so logs and Sentry can mask them.
+
+    Best effort: a pools file that does not load yet is reported by the tasks that need it.
+    """
+    try:
+        pools = load_pools(Path(settings.pools))
+    except (OSError, PoolsFileError):
+        return []
+    values: list[str] = []
+    for spec in pools.pools.values():
+        policy = spec.container.network_policy
+        if isinstance(policy, NetworkPolicyAllowlist):
+            values += [v for ref in policy.domain_secrets if (v := os.environ.get(ref.value_env))]
+    return values
 
 
 def worker(
@@ -19,17 +48,33 @@ def worker(
 ) -> None:
     """Run a Celery worker that executes Hearth's tasks."""
     from tasks.app import create_app
+    from tasks.runtime import set_observer
+    from worker.observability import install_celery_logging, setup_observability
 
     settings = Settings()
+    pool_kind = pool or settings.worker_pool
+    level = loglevel or settings.log_level
+    secrets = domain_secret_values(settings)
+    # Prefork children run the tasks: their samples must reach the parent's server through files.
+    multiprocess_dir = settings.data_dir / "metrics" if pool_kind == "prefork" else None
+    obs = setup_observability(settings, component="worker", secrets=secrets, multiprocess_dir=multiprocess_dir)
+    install_celery_logging(level, settings.log_json, secrets=secrets)
+    set_observer(obs.observer)
+    if obs.metrics_server is not None:
+        log.info("metrics on %s", obs.metrics_server.url)
     app = create_app(settings)
     argv = [
         "worker",
         "--concurrency", str(concurrency or settings.worker_concurrency),
-        "--pool", pool or settings.worker_pool,
-        "--loglevel", (loglevel or settings.log_level).upper(),
+        "--pool", pool_kind,
+        "--loglevel", level.upper(),
         "--without-gossip", "--without-mingle",
     ]
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        set_observer(None)
+        obs.close()
 
 
 def register(app: typer.Typer) -> None:

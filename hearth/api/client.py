@@ -40,6 +40,7 @@ from hearth.api.retry import RetryPolicy
 from hearth.api.transfer import CHUNK, Download, MultipartUpload, RewindableSink, UploadSource, copy_to_sink
 from hearth.clock import Clock, SystemClock
 from hearth.errors import ConfigError, HearthError, MalformedResponse, NotFound, TransportError
+from hearth.events import Observer
 
 if TYPE_CHECKING:
     import redis
@@ -71,6 +72,22 @@ def _describe(exc: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def endpoint_name(method: str, path: str) -> str:
+    """A bounded metrics label for a request: ``POST containers/cntr_1/files`` -> ``containers.files.create``.
+
+    Paths alternate collection and id segments (ids are quoted into one segment by ``_seg``), so the
+    collections make the name and whether the path ends on an id picks the verb; ``…/content`` is its
+    own endpoint. Ids never reach the label, which would make one time series per container.
+    """
+    segments = [s for s in path.strip("/").split("/") if s]
+    names = segments[0::2]
+    if names and names[-1] == "content":
+        return ".".join(names)
+    on_item = len(segments) % 2 == 0
+    verbs = {"GET": "retrieve", "DELETE": "delete", "POST": "update"} if on_item else {"GET": "list", "POST": "create"}
+    return ".".join([*names, verbs.get(method.upper(), method.lower())])
+
+
 def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -95,7 +112,9 @@ class ContainersClient:
         retry: RetryPolicy | None = None,
         limiter: Limiter | None = None,
         timeout: float = 60.0,
+        observer: Observer | None = None,
     ) -> None:
+        self._observer = observer
         self._dialect: Dialect = make_dialect(dialect, gateway_provider=gateway_provider)
         self.base_url = self._dialect.base_url(base_url)
         self._key: SecretStr | None = SecretStr(api_key) if isinstance(api_key, str) else api_key
@@ -121,8 +140,12 @@ class ContainersClient:
         redis: redis.Redis | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
+        observer: Observer | None = None,
     ) -> ContainersClient:
-        """The client for the configured backend; with ``redis``, limited by the shared limiter."""
+        """The client for the configured backend; with ``redis``, limited by the shared limiter.
+
+        ``observer`` hears of every HTTP request (``api_call``): the worker's Prometheus metrics.
+        """
         try:
             base = settings.resolved_api_base
         except ValueError as exc:
@@ -138,6 +161,7 @@ class ContainersClient:
             retry=RetryPolicy.from_settings(settings),
             limiter=limiter if limiter is not None and limiter.enabled else None,
             timeout=settings.api_timeout,
+            observer=observer,
         )
 
     @property
@@ -205,6 +229,7 @@ class ContainersClient:
             content = iter(upload)
         if stream:
             headers["Accept"] = "application/octet-stream, */*"
+        started = self._clock.now()
         try:
             request = self._http.build_request(
                 method, path, params=self._dialect.params(params) if query_routing else dict(params or {}),
@@ -212,7 +237,9 @@ class ContainersClient:
             )
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
+            self._observe(method, path, "error", started)
             raise TransportError(f"{what}: {type(exc).__name__}: {redact(str(exc), self._secrets())}") from exc
+        self._observe(method, path, response.status_code, started)
         if response.status_code >= 400:
             try:
                 body = b""
@@ -228,6 +255,15 @@ class ContainersClient:
                 response.status_code, response.headers, body, what=what, now=self._clock.now(), secrets=self._secrets()
             )
         return response
+
+    def _observe(self, method: str, path: str, status: int | str, started: float) -> None:
+        """Report one request to the observer; metrics must never fail an API call."""
+        if self._observer is None:
+            return
+        try:
+            self._observer.api_call(endpoint_name(method, path), status, self._clock.now() - started)
+        except Exception:
+            log.debug("observer.api_call failed", exc_info=True)
 
     def _parse(self, response: httpx.Response, model: type[M], what: str) -> M:
         try:

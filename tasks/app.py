@@ -14,7 +14,7 @@ from celery import Celery
 
 from settings import Settings
 
-TASK_MODULES = ("tasks.ops",)
+TASK_MODULES = ("tasks.ops", "tasks.sessions")
 
 
 def broker_url(settings: Settings) -> str:

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_api",
     "worker.cmd_config",
     "worker.cmd_up",
+    "worker.cmd_session",
 )
 
 

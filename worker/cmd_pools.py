@@ -82,11 +82,19 @@ def lease(
     ttl: float | None = typer.Option(None, "--ttl", help="Lease time to live, s (default: the pool's)."),
     wait: float | None = typer.Option(None, "--wait", help="Wait for a ready container, s (default: the pool's)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    session: str | None = typer.Option(
+        None, "--session", help="Session key: the same container for the same key (restored if it was lost)."
+    ),
 ) -> None:
     """Lease a ready container of POOL and print its id and lease id."""
     from tasks.app import create_app
     from tasks.pools import HearthPools, lease_json
 
+    if session is not None:
+        from worker.cmd_session import lease_session
+
+        lease_session(pool, session, wait=wait, as_json=as_json)
+        return
     with _runtime() as rt:
         got = HearthPools(rt, create_app(rt.settings)).lease(pool, ttl=ttl, wait=wait)
         data = lease_json(got)

@@ -1,0 +1,554 @@
+"""Sessions: a sticky lease per conversation key, and a conversation that outlives its container.
+
+An app calls ``Sessions.lease(pool, session="conversation-123")`` at every turn. The same key gets
+the same container for as long as that container lives (a Redis read and one lease-renew script: a
+few ms; a retrieve now and then to be sure it is still alive). A new key takes a READY container
+from the pool. When the key's container expired, failed, vanished or its lease lapsed, the next
+lease takes a fresh container and restores into it every file the session had, from the harvest
+storage, and says so (``restored=True``, ``restored_files``). Python variables are lost; files are
+not.
+
+Where the files come from: a session container is harvested with source ``any`` (the files the
+code wrote *and* the app's uploads), minus the pool's own inputs (the fresh container already has
+those). Every container a session ever had is remembered with its harvest target; a restore reads
+their ``manifest.json`` files oldest first, so a later version of a name wins.
+
+Names: a file comes back as its base name (``/mnt/data/out/chart.png`` -> ``chart.png``; an
+upload's ``<32 hex>-report.csv`` -> ``report.csv``). Restored files are uploads, so the backend
+puts them at ``/mnt/data/<32 hex>-<name>``, as it does for every upload.
+
+Privacy: the key is an app's string (often a user or conversation id). Only its hash
+(``session_hash``) reaches Redis keys, values, task arguments and logs.
+
+Concurrency: binding a container to a key (first lease, or a restore) runs under a per-session
+Redis lock (SET NX), so two concurrent first leases for one key end with one container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from hearth.api.models import ContainerFile
+from hearth.errors import (
+    ConfigError,
+    Conflict,
+    ContainerExpired,
+    HearthError,
+    LeaseError,
+    NotFound,
+    StorageError,
+)
+from hearth.events import log_event
+from hearth.files.harvest import HarvestPolicy, HarvestReport
+from hearth.files.inputs import InputItem
+from hearth.files.manifest import MANIFEST_KEY, Manifest, ManifestEntry
+from hearth.files.storage import StorageTarget
+from hearth.operations import harvest_policy, harvest_template
+from hearth.pool.leases import Lease
+from hearth.pool.model import ContainerRecord, State
+from hearth.runtime import Runtime
+from settings.pools import OutputRules, PoolSpec
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, list[Any]], None]
+
+_HASH_CONTEXT = b"hearth-session\x00"
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{32}-(?=.)")
+_GLOB_SPECIAL = re.compile(r"([*?\[])")
+
+
+def session_hash(key: str) -> str:
+    """The id Hearth stores for a session key: sha256 of the key (with a fixed context), 32 hex."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("a session key is a non-empty string")
+    return hashlib.sha256(_HASH_CONTEXT + key.encode("utf-8")).hexdigest()[:32]
+
+
+def restore_name(container_path: str) -> str:
+    """The name a file gets back on restore: its base name, without an upload's 32-hex prefix."""
+    base = container_path.rstrip("/").rsplit("/", 1)[-1]
+    return _UPLOAD_PREFIX.sub("", base, count=1) or base
+
+
+def _glob_literal(path: str) -> str:
+    return _GLOB_SPECIAL.sub(r"[\1]", path)
+
+
+def input_paths(files: list[ContainerFile], items: list[InputItem]) -> list[str]:
+    """Container paths (relative to /mnt/data) of the pool's inputs: uploads named and sized like one."""
+    sizes: dict[str, int | None] = {i.dest_name: i.size for i in items if i.dest_name}
+    out: list[str] = []
+    for f in files:
+        if f.source == "assistant" or not f.path.startswith("/mnt/data/"):
+            continue
+        name = restore_name(f.path)
+        if name in sizes and (sizes[name] is None or f.bytes is None or sizes[name] == f.bytes):
+            out.append(f.path[len("/mnt/data/") :])
+    return out
+
+
+class SessionContainer(BaseModel):
+    """One container a session had, and where its files were harvested."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    container_id: str
+    name: str
+    target: str  # the rendered harvest URL (the container's own root, with its manifest.json)
+    bound_at: float
+
+
+class SessionRecord(BaseModel):
+    """What Redis keeps about a session (JSON at ``<prefix>:session:<hash>``, expiring after retention)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    session_id: str
+    pool: str
+    created_at: float
+    last_used_at: float
+    container_id: str | None = None
+    name: str | None = None
+    lease_id: str | None = None
+    token: int | None = None
+    verified_at: float | None = None
+    restoring: bool = False  # a restore into the current container has not finished
+    ended: bool = False
+    history: list[SessionContainer] = []
+    restored_files: list[str] = []
+
+
+@dataclass(frozen=True)
+class SessionLease:
+    """What a session lease hands to the app. ``session_id`` is the key's hash, never the key."""
+
+    pool: str
+    container_id: str
+    name: str
+    lease_id: str
+    token: int
+    expires_at: float
+    session_id: str
+    created: bool = False  # this call started the session
+    restored: bool = False  # this call replaced a lost container and restored the session's files
+    restored_files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "container_id": self.container_id,
+            "name": self.name,
+            "lease_id": self.lease_id,
+            "token": self.token,
+            "expires_at": self.expires_at,
+            "session_id": self.session_id,
+            "created": self.created,
+            "restored": self.restored,
+            "restored_files": list(self.restored_files),
+        }
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """What ``end_session`` did."""
+
+    session_id: str
+    found: bool
+    container_id: str | None = None
+    harvested_files: int = 0
+    retiring: bool = False
+    forgotten: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "found": self.found,
+            "container_id": self.container_id,
+            "harvested_files": self.harvested_files,
+            "retiring": self.retiring,
+            "forgotten": self.forgotten,
+        }
+
+
+class Sessions:
+    """Session leases over one :class:`Runtime`; ``enqueue(task_name, args)`` sends retires and harvests.
+
+    ``verify_after``: a lease re-checks the container with one retrieve when it was last seen alive
+    longer ago than this (or Hearth's deadline for it passed); in between, same-key leases are Redis
+    only. ``lock_wait``: how long a lease waits for another process binding the same key.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        enqueue: Enqueue,
+        *,
+        verify_after: float = 30.0,
+        lock_ttl: float = 300.0,
+        lock_wait: float = 300.0,
+        harvest_every: float = 2.0,
+    ) -> None:
+        self.rt = runtime
+        self.enqueue = enqueue
+        self.store = runtime.store
+        self.clock = runtime.clock
+        self.verify_after = verify_after
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.harvest_every = harvest_every
+
+    def __repr__(self) -> str:
+        return f"Sessions(runtime={self.rt!r})"
+
+    # --- records -------------------------------------------------------------------------------
+
+    def _key(self, sid: str, *more: str) -> str:
+        return self.store.key("session", sid, *more)
+
+    def get(self, session: str) -> SessionRecord | None:
+        """The record of a session key (None when unknown or expired from Redis)."""
+        return self.load(session_hash(session))
+
+    def load(self, sid: str) -> SessionRecord | None:
+        raw = self.store._cmd(self.rt.redis.get, self._key(sid))
+        return None if raw is None else SessionRecord.model_validate_json(raw)
+
+    def _save(self, rec: SessionRecord) -> None:
+        retention = max(1, int(self.rt.settings.session_retention))
+        self.store._cmd(self.rt.redis.set, self._key(rec.session_id), rec.model_dump_json(), ex=retention)
+
+    def idle_window(self, spec: PoolSpec) -> float:
+        rules = spec.lease
+        return float(rules.session_idle_seconds or self.rt.settings.session_idle)
+
+    # --- lease ---------------------------------------------------------------------------------
+
+    def lease(self, pool: str, session: str, *, verify: bool | None = None, wait: float | None = None) -> SessionLease:
+        """The session's container: the same one while it lives, else a fresh one with the files restored.
+
+        ``verify``: True always retrieves the container first, False never does, None (default)
+        does when it was last seen alive more than ``verify_after`` s ago or is past its deadline.
+        ``wait``: how long to wait for a ready container when the pool is empty (default: the pool's).
+        """
+        sid = session_hash(session)
+        spec = self.rt.pool(pool)
+        rec = self.load(sid)
+        if rec is not None and rec.pool != pool:
+            raise LeaseError(f"session {sid} belongs to pool {rec.pool!r}, not {pool!r}")
+        if rec is not None and not rec.restoring:
+            current = self._current(rec, spec, verify)
+            if current is not None:
+                return current
+        with self._locked(sid):
+            rec = self.load(sid)  # another process may have bound it while we waited
+            if rec is not None and rec.pool != pool:
+                raise LeaseError(f"session {sid} belongs to pool {rec.pool!r}, not {pool!r}")
+            if rec is not None and not rec.restoring:
+                current = self._current(rec, spec, verify)
+                if current is not None:
+                    return current
+            if rec is not None and rec.restoring and self._still_ours(rec) is not None:
+                return self._finish_restore(rec, spec)  # a restore interrupted by a crash: resume it
+            return self._bind(sid, pool, spec, rec, wait)
+
+    def _still_ours(self, rec: SessionRecord) -> ContainerRecord | None:
+        """The container record, if it is still LEASED under the session's lease."""
+        if rec.container_id is None or rec.lease_id is None:
+            return None
+        crec = self.store.by_container_id(rec.container_id)
+        if crec is None or crec.state is not State.LEASED or crec.lease_id != rec.lease_id:
+            return None
+        return crec
+
+    def _current(self, rec: SessionRecord, spec: PoolSpec, verify: bool | None) -> SessionLease | None:
+        """Renew and return the session's container if it is still alive; None when it must be replaced."""
+        crec = self._still_ours(rec)
+        if crec is None or rec.lease_id is None or crec.container_id is None:
+            return None
+        now = self.clock.now()
+        if verify is None:
+            verify = (
+                rec.verified_at is None
+                or now - rec.verified_at >= self.verify_after
+                or (crec.deadline is not None and crec.deadline <= now)
+            )
+        if verify:
+            if not self._alive(crec):
+                return None
+            rec.verified_at = now
+        try:
+            renewed = self.rt.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
+        except LeaseError:
+            return None
+        rec.last_used_at = now
+        self._save(rec)
+        self._harvest_soon(rec.session_id)
+        return self._lease_of(rec, renewed)
+
+    def _alive(self, crec: ContainerRecord) -> bool:
+        """One retrieve (it also keeps the container alive); a dead container's record is marked EXPIRED."""
+        assert crec.container_id is not None
+        try:
+            container = self.rt.client.retrieve_container(crec.container_id)
+            why = None if container.usable and not container.expired else f"status {container.status!r}"
+        except (ContainerExpired, NotFound) as exc:
+            why = str(exc)
+        if why is None:
+            deadline = container.expires_at()
+            if deadline is not None:
+                with contextlib.suppress(Conflict):
+                    self.store.update(crec.name, State.LEASED, deadline=deadline)
+            return True
+        with contextlib.suppress(Conflict):
+            self.store.transition(crec.name, State.LEASED, State.EXPIRED, error=f"expired: {why}"[:200])
+        log_event(log, "session.container_lost", pool=crec.pool, container_id=crec.container_id)
+        return False
+
+    def _lease_of(self, rec: SessionRecord, lease: Lease, *, created: bool = False, restored: bool = False,
+                  files: list[str] | None = None) -> SessionLease:
+        return SessionLease(
+            pool=lease.pool, container_id=lease.container_id, name=lease.name, lease_id=lease.lease_id,
+            token=lease.token, expires_at=lease.expires_at, session_id=rec.session_id, created=created,
+            restored=restored, restored_files=list(files or []),
+        )
+
+    def _bind(self, sid: str, pool: str, spec: PoolSpec, rec: SessionRecord | None, wait: float | None) -> SessionLease:
+        """Take a fresh container for the session (under its lock); restore files if it had any before."""
+        now = self.clock.now()
+        if rec is not None:
+            self._let_go(rec)
+        lease = self._take(pool, spec, sid, wait)
+        target = StorageTarget.from_url(
+            harvest_template(spec.outputs, self.rt.settings.resolved_storage_url), clock=self.clock, pool=pool,
+            container_id=lease.container_id, lease_id=lease.lease_id,
+        ).url
+        created = rec is None
+        had_before = rec is not None and bool(rec.history)
+        if rec is None:
+            rec = SessionRecord(session_id=sid, pool=pool, created_at=now, last_used_at=now)
+        rec.history = [*rec.history, SessionContainer(
+            container_id=lease.container_id, name=lease.name, target=target, bound_at=now)]
+        rec.container_id, rec.name = lease.container_id, lease.name
+        rec.lease_id, rec.token = lease.lease_id, lease.token
+        rec.verified_at, rec.last_used_at, rec.ended = now, now, False
+        rec.restoring, rec.restored_files = had_before, []
+        self._save(rec)
+        log_event(log, "session.bound", pool=pool, session=sid, container_id=lease.container_id,
+                  restoring=had_before)
+        if had_before:
+            return self._finish_restore(rec, spec)
+        return self._lease_of(rec, lease, created=created)
+
+    def _finish_restore(self, rec: SessionRecord, spec: PoolSpec) -> SessionLease:
+        assert rec.lease_id is not None
+        files = self.restore(rec, spec)
+        rec.restoring, rec.restored_files = False, files
+        rec.last_used_at = self.clock.now()
+        renewed = self.rt.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
+        self._save(rec)
+        log_event(log, "session.restored", pool=rec.pool, session=rec.session_id, container_id=rec.container_id,
+                  files=len(files))
+        return self._lease_of(rec, renewed, restored=True, files=files)
+
+    def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Lease:
+        rules = spec.lease
+        ttl = self.idle_window(spec)
+        got = self.rt.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
+                                       holder="session", session_key_hash=sid)
+        if got is not None:
+            return got
+        if self.rt.redis.set(self.store.key("pending", "reconcile"), "1", nx=True, px=2000):
+            self.enqueue("hearth.reconcile", [])
+        return self.rt.leases.lease(
+            pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
+            wait_seconds=float(wait if wait is not None else rules.wait_seconds),
+            holder="session", session_key_hash=sid,
+        )
+
+    def _let_go(self, rec: SessionRecord) -> None:
+        """Before replacing the session's container: save what it still holds, and hand it to retire."""
+        if rec.container_id is None:
+            return
+        crec = self.store.by_container_id(rec.container_id)
+        if crec is None or crec.state not in (State.LEASED, State.HARVESTING):
+            return  # expired, failed or gone: its last harvest is all there is
+        with contextlib.suppress(HearthError):
+            self.harvest_current(rec)  # best effort: an expired container just reports so
+        if crec.state is State.LEASED and crec.lease_id == rec.lease_id and rec.lease_id is not None:
+            try:
+                released = self.rt.leases.release(rec.container_id, rec.lease_id, token=rec.token)
+            except LeaseError:
+                return
+            self.enqueue("hearth.retire", [released.name])
+
+    # --- harvest and restore -------------------------------------------------------------------
+
+    def _outputs(self, pool: str) -> OutputRules:
+        try:
+            return self.rt.pool(pool).outputs
+        except ConfigError:
+            return OutputRules()
+
+    def policy(self, pool: str, files: list[ContainerFile]) -> HarvestPolicy:
+        """The pool's harvest rules, but every source, and never the pool's own inputs."""
+        base = harvest_policy(self._outputs(pool))
+        items: list[InputItem] = []
+        with contextlib.suppress(ConfigError):
+            items, _ = self.rt.inputs(self.rt.pool(pool))
+        skip = tuple(_glob_literal(p) for p in input_paths(files, items))
+        return HarvestPolicy(
+            source="any", include=base.include, exclude=base.exclude + skip, max_file_bytes=base.max_file_bytes,
+            max_container_bytes=base.max_container_bytes, attempts=base.attempts,
+        )
+
+    def harvest_current(self, rec: SessionRecord) -> HarvestReport | None:
+        """Copy the session container's files (outputs and uploads) to its recorded target."""
+        if rec.container_id is None or not rec.history or rec.history[-1].container_id != rec.container_id:
+            return None
+        here = rec.history[-1]
+        try:
+            files = list(self.rt.client.list_files(here.container_id, order="asc"))
+        except (ContainerExpired, NotFound):
+            return None
+        target = StorageTarget.from_url(here.target, clock=self.clock)
+        report = self.rt.harvester.harvest(
+            here.container_id, target, self.policy(rec.pool, files), pool=rec.pool, lease_id=rec.lease_id
+        )
+        crec = self.store.by_container_id(here.container_id)
+        if crec is not None:
+            with contextlib.suppress(Conflict):
+                self.store.update(crec.name, (State.READY, State.LEASED, State.HARVESTING),
+                                  last_harvest_at=self.clock.now())
+        return report
+
+    def harvest(self, session_id: str) -> HarvestReport | None:
+        """Harvest the current container of the session with this hash (the task's entry point)."""
+        rec = self.load(session_id)
+        return None if rec is None else self.harvest_current(rec)
+
+    def _harvest_soon(self, sid: str) -> None:
+        # Each turn starts with a lease: what the previous turn wrote or uploaded is saved now.
+        if self.rt.redis.set(self._key(sid, "harvest"), "1", nx=True, px=max(1, int(self.harvest_every * 1000))):
+            self.enqueue("hearth.session_harvest", [sid])
+
+    def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, tuple[StorageTarget, ManifestEntry]]:
+        """Name -> where its newest saved version is, over every earlier container of the session."""
+        items, _ = self.rt.inputs(spec)
+        input_sizes = {i.dest_name: i.size for i in items if i.dest_name}
+        plan: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
+        for past in rec.history:
+            if past.container_id == rec.container_id:
+                continue
+            target = StorageTarget.from_url(past.target, clock=self.clock)
+            raw = target.read_bytes(MANIFEST_KEY)
+            if raw is None:
+                continue
+            try:
+                manifest = Manifest.from_json(raw, container_id=past.container_id)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("session %s: manifest of %s unreadable: %s", rec.session_id, past.container_id, exc)
+                continue
+            for entry in sorted(manifest.files.values(), key=lambda e: (e.created_at, e.file_id)):
+                name = restore_name(entry.container_path)
+                if entry.source != "assistant" and name in input_sizes and input_sizes[name] in (None, entry.bytes):
+                    continue  # the pool's input: the fresh container has it already
+                plan[name] = (target, entry)
+        return plan
+
+    def restore(self, rec: SessionRecord, spec: PoolSpec) -> list[str]:
+        """Upload every file of the session's earlier containers into the current one; the names restored.
+
+        Idempotent: a name already in the container with the right size is not sent again.
+        """
+        assert rec.container_id is not None
+        plan = self.restore_plan(rec, spec)
+        present: dict[str, set[int | None]] = {}
+        for f in self.rt.client.list_files(rec.container_id, order="asc"):
+            if f.source != "assistant":
+                present.setdefault(restore_name(f.path), set()).add(f.bytes)
+        done: list[str] = []
+        for name, (target, entry) in plan.items():
+            if entry.bytes in present.get(name, set()):
+                done.append(name)
+                continue
+            with target.open_read(entry.storage_key) as fh:
+                uploaded = self.rt.client.upload_file(rec.container_id, fh, filename=name)
+            if uploaded.bytes is not None and uploaded.bytes != entry.bytes:
+                raise StorageError(f"restore of {name}: container holds {uploaded.bytes} bytes, saved {entry.bytes}")
+            done.append(name)
+        return done
+
+    # --- end -----------------------------------------------------------------------------------
+
+    def end_session(self, session: str, *, harvest: bool = True, forget: bool = False) -> SessionEnd:
+        """Harvest a last time, release the container (it is retired), keep the record for a later restore.
+
+        ``forget`` also deletes the session record (a later lease with the key starts afresh).
+        """
+        return self.end(session_hash(session), harvest=harvest, forget=forget)
+
+    def end(self, sid: str, *, harvest: bool = True, forget: bool = False) -> SessionEnd:
+        """``end_session`` by the key's hash (what the task and CLI pass along)."""
+        with self._locked(sid):
+            rec = self.load(sid)
+            if rec is None:
+                return SessionEnd(session_id=sid, found=False)
+            cid, harvested, retiring = rec.container_id, 0, False
+            crec = self._still_ours(rec)
+            if crec is not None and rec.lease_id is not None and cid is not None:
+                if harvest:
+                    report = self.harvest_current(rec)
+                    if report is not None:
+                        if not report.complete and not report.expired:
+                            raise HearthError(
+                                f"session {sid}: last harvest of {cid} incomplete ({report.failures} failed)",
+                                temporary=True,
+                            )
+                        harvested = report.files + report.already
+                try:
+                    released = self.rt.leases.release(cid, rec.lease_id, token=rec.token)
+                    self.enqueue("hearth.retire", [released.name])
+                    retiring = True
+                except LeaseError:
+                    pass  # lapsed and reclaimed meanwhile: the reclaim already retires it
+            if forget:
+                self.store._cmd(self.rt.redis.delete, self._key(sid))
+            else:
+                rec.container_id, rec.name, rec.lease_id, rec.token = None, None, None, None
+                rec.ended, rec.restoring, rec.last_used_at = True, False, self.clock.now()
+                self._save(rec)
+            log_event(log, "session.ended", pool=rec.pool, session=sid, container_id=cid)
+            return SessionEnd(session_id=sid, found=True, container_id=cid, harvested_files=harvested,
+                              retiring=retiring, forgotten=forget)
+
+    # --- the per-session lock ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, sid: str) -> Iterator[None]:
+        key = self._key(sid, "lock")
+        token = secrets.token_hex(8)
+        give_up = self.clock.now() + self.lock_wait
+        delay = 0.02
+        while not self.store._cmd(self.rt.redis.set, key, token, nx=True, px=max(1, int(self.lock_ttl * 1000))):
+            if self.clock.now() >= give_up:
+                raise LeaseError(f"session {sid}: another process is still binding it", temporary=True)
+            self.clock.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            self.store._cmd(
+                self.rt.redis.eval,
+                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                1, key, token,
+            )

@@ -220,9 +220,12 @@ def test_health_beat_expires(store: PoolStore, redis_client: redis.Redis) -> Non
 
 
 def test_redis_failures_become_temporary_state_store_errors(clock: ManualClock) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     from worker.redis_server import free_port
 
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     store = PoolStore(dead, clock)
     with pytest.raises(StateStoreError) as err:
         store.write_intent(POOL, "x")

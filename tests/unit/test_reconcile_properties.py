@@ -134,7 +134,13 @@ def check_tick(desired: DesiredPool, recs: list[ContainerRecord], actions: list[
     per_record = Counter(n for n in map(targets_of, actions) if n is not None)
     assert all(c == 1 for c in per_record.values()), per_record
     # Refresh only what Hearth wants.
-    leased_active = [r for r in recs if r.state is State.LEASED and not r.lease_lapsed(NOW, desired.lease_grace)]
+    # Leases that stay: not lapsed, and not retired because the remote listing says they are gone.
+    leaving = {a.name for a in actions if isinstance(a, Retire | Reclaim)}
+    leased_active = [
+        r
+        for r in recs
+        if r.state is State.LEASED and not r.lease_lapsed(NOW, desired.lease_grace) and r.name not in leaving
+    ]
     refreshed_ready = 0
     for action in actions:
         if not isinstance(action, Refresh):
@@ -231,7 +237,10 @@ def test_applying_the_actions_converges_to_a_fixed_point(
     for _ in range(limit):
         actions = reconcile(desired, recs, NOW, breaker_open=breaker_open)
         check_tick(desired, recs, actions, breaker_open)
-        if not actions:
+        busy = finish and any(
+            r.state in (State.CREATING, State.SEEDING, State.HARVESTING, State.DELETING) for r in recs
+        )
+        if not actions and not busy:
             break
         recs = simulate(desired, recs, actions, fresh)
         assert occupied(recs) <= max(desired.max_total, start)

@@ -1,0 +1,292 @@
+"""Sessions end to end: the same key keeps its container; a lost container comes back with its files.
+
+Real parts: a redis-server, a Celery worker process (provision, harvest, retire), the local API over
+a socket, and the ``openai`` SDK to read what the containers really hold. The test's Runtime runs on
+an ``OffsetClock`` moved together with the server's clock, so "20 minutes later" is seen alike by
+Hearth and the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from celery import Celery
+from typer.testing import CliRunner
+
+from hearth.clock import OffsetClock
+from hearth.files.manifest import MANIFEST_KEY, Manifest
+from hearth.files.storage import StorageTarget
+from hearth.planner import tick
+from hearth.pool.model import State
+from hearth.runtime import Runtime
+from hearth.sessions import Sessions, restore_name, session_hash
+from settings import Settings
+from tests.fixtures.celery import WorkerProcess
+from tests.fixtures.localapi import LocalAPI
+
+POOLS = """
+version: 1
+pools:
+  alpha:
+    min_ready: 2
+    buffer: 0
+    max_total: 6
+    container: {expires_after_minutes: 10}
+    keepalive: {margin_seconds: 60}
+    lease: {session_idle_seconds: 3600, wait_seconds: 60}
+    inputs:
+      - path: inputs/a.csv
+      - path: inputs/helper.py
+"""
+
+KEY = "conversation-secret-7f3a"
+
+
+@pytest.fixture
+def pool_env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.csv").write_text("x,y\n1,2\n")
+    (inputs / "helper.py").write_text("print('hi')\n")
+    (tmp_path / "pools.yaml").write_text(POOLS)
+    return {
+        "HEARTH_BACKEND": "local",
+        "HEARTH_API_BASE": local_api.base_url,
+        "HEARTH_REDIS_URL": redis_url,
+        "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
+        "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
+        "HEARTH_DATA_DIR": str(tmp_path / "data"),
+        "HEARTH_ORPHAN_GRACE": "600",
+    }
+
+
+@pytest.fixture
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+@pytest.fixture
+def runtime(pool_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, clock: OffsetClock) -> Iterator[Runtime]:
+    for key, value in pool_env.items():
+        monkeypatch.setenv(key, value)
+    rt = Runtime.from_settings(Settings(), clock=clock)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def send(celery_app: Celery) -> Callable[[str, list[Any]], None]:
+    return lambda name, args: celery_app.send_task(name, args=args)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def filled(
+    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    send: Callable[[str, list[Any]], None],
+) -> Runtime:
+    """A worker running and pool ``alpha`` holding two READY containers."""
+    start_worker(pool_env, concurrency=3)
+    until(lambda: len(runtime.store.records("alpha", State.READY)) >= 2, step=lambda: tick(runtime, send))
+    return runtime
+
+
+def until(predicate: Callable[[], bool], *, timeout: float = 90.0, step: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if step is not None:
+            step()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def sdk(local_api: LocalAPI) -> openai.OpenAI:
+    return openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
+
+
+def contents(client: openai.OpenAI, container_id: str) -> dict[str, bytes]:
+    """Every file of a container by its restore name, read through the SDK."""
+    out: dict[str, bytes] = {}
+    for f in client.containers.files.list(container_id):
+        name = restore_name(f.path)
+        assert name not in out, f"two files named {name} in {container_id}"
+        out[name] = client.containers.files.content.retrieve(f.id, container_id=container_id).read()
+    return out
+
+
+def jump(local_api: LocalAPI, clock: OffsetClock, seconds: float) -> None:
+    local_api.advance_clock(seconds)
+    clock.advance(seconds)
+
+
+def test_same_key_same_container_and_the_key_never_reaches_redis(
+    filled: Runtime, send: Callable[[str, list[Any]], None], celery_app: Celery,
+) -> None:
+    sessions = Sessions(filled, send)
+    first = sessions.lease("alpha", KEY)
+    again = [sessions.lease("alpha", KEY) for _ in range(3)]
+    other = sessions.lease("alpha", "another-conversation")
+
+    assert first.created and not first.restored
+    assert {a.container_id for a in again} == {first.container_id}
+    assert not any(a.created or a.restored for a in again)
+    assert other.container_id != first.container_id
+    assert first.session_id == session_hash(KEY) != other.session_id
+    record = filled.store.by_container_id(first.container_id)
+    assert record is not None and record.state is State.LEASED and record.session_key_hash == first.session_id
+
+    # By task name, as an app that only speaks Celery would: the same container, the hash only.
+    via_task = celery_app.send_task("hearth.session_lease", args=["alpha", KEY]).get(timeout=60)
+    assert via_task["container_id"] == first.container_id
+    assert KEY not in repr(via_task)
+
+    dump: list[bytes] = []
+    for k in filled.redis.scan_iter("*"):
+        dump.append(k)
+        kind = filled.redis.type(k)
+        if kind == b"string":
+            dump.append(filled.redis.get(k) or b"")
+        elif kind == b"hash":
+            dump.extend(v for pair in filled.redis.hgetall(k).items() for v in pair)
+        elif kind == b"list":
+            dump.extend(filled.redis.lrange(k, 0, -1))
+        elif kind == b"zset":
+            dump.extend(filled.redis.zrange(k, 0, -1))
+        elif kind == b"set":
+            dump.extend(filled.redis.smembers(k))
+    assert dump and not any(KEY.encode() in item for item in dump)
+
+
+def test_expired_container_is_replaced_with_every_file_back_byte_for_byte(
+    filled: Runtime, send: Callable[[str, list[Any]], None], celery_app: Celery, local_api: LocalAPI,
+    clock: OffsetClock,
+) -> None:
+    sessions = Sessions(filled, send)
+    client = sdk(local_api)
+    first = sessions.lease("alpha", KEY)
+    chart = os.urandom(300_000)
+    local_api.write_assistant_file(first.container_id, "/mnt/data/chart.png", chart)
+    local_api.write_assistant_file(first.container_id, "/mnt/data/out/table.csv", b"q,v\n1,9\n")
+    client.containers.files.create(first.container_id, file=("notes.txt", b"the app's upload\n"))
+    before = contents(client, first.container_id)
+    assert set(before) == {"a.csv", "helper.py", "chart.png", "table.csv", "notes.txt"}
+
+    # What the heartbeat/lease does between turns: the session harvest task, on the worker.
+    done = celery_app.send_task("hearth.session_harvest", args=[first.session_id]).get(timeout=60)
+    assert done["harvested"] and done["files"] == 3  # the inputs are not harvested: the pool has them
+
+    jump(local_api, clock, 11 * 60)  # past expires_after: the backend expires the container
+    assert client.containers.retrieve(first.container_id).status == "expired"
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+
+    second = sessions.lease("alpha", KEY)
+    assert second.container_id != first.container_id
+    assert second.restored and not second.created
+    assert sorted(second.restored_files) == ["chart.png", "notes.txt", "table.csv"]
+    after = contents(client, second.container_id)
+    assert after == before  # byte for byte, inputs once, every session file back under its name
+
+    # The next turn gets the restored container, without restoring again.
+    third = sessions.lease("alpha", KEY)
+    assert third.container_id == second.container_id and not third.restored
+
+
+def test_two_concurrent_first_leases_for_one_key_end_with_one_container(
+    filled: Runtime, send: Callable[[str, list[Any]], None], clock: OffsetClock,
+) -> None:
+    results: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+    runtimes = [Runtime.from_settings(Settings(), clock=clock) for _ in range(3)]
+
+    def go(rt: Runtime) -> None:
+        try:
+            barrier.wait(10)
+            results.append(Sessions(rt, send).lease("alpha", KEY).container_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(rt,)) for rt in runtimes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for rt in runtimes:
+        rt.close()
+    assert not errors, errors
+    assert len(results) == 3 and len(set(results)) == 1
+    leased = filled.store.records("alpha", State.LEASED)
+    assert [r.container_id for r in leased] == [results[0]]
+
+
+def test_ending_a_session_harvests_and_retires_and_a_later_lease_restores(
+    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI,
+) -> None:
+    sessions = Sessions(filled, send)
+    client = sdk(local_api)
+    got = sessions.lease("alpha", KEY)
+    report = os.urandom(50_000)
+    local_api.write_assistant_file(got.container_id, "/mnt/data/report.pdf", report)
+    client.containers.files.create(got.container_id, file=("question.txt", b"why?\n"))
+
+    ended = sessions.end_session(KEY)
+    assert ended.found and ended.retiring and ended.harvested_files == 2
+
+    def deleted() -> bool:
+        try:
+            client.containers.retrieve(got.container_id)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    until(deleted)  # the worker's hearth.retire deleted it on the server
+    assert filled.store.by_container_id(got.container_id) is None
+    record = sessions.get(KEY)
+    assert record is not None and record.ended and record.container_id is None
+    target = StorageTarget.from_url(record.history[-1].target)
+    raw = target.read_bytes(MANIFEST_KEY)
+    assert raw is not None
+    manifest = Manifest.from_json(raw, container_id=got.container_id)
+    saved = {restore_name(e.container_path): e for e in manifest.files.values()}
+    assert set(saved) == {"report.pdf", "question.txt"}
+    with target.open_read(saved["report.pdf"].storage_key) as fh:
+        assert fh.read() == report
+
+    # The conversation comes back later: a fresh container with its files.
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+    back = sessions.lease("alpha", KEY)
+    assert back.restored and back.container_id != got.container_id
+    files = contents(client, back.container_id)
+    assert files["report.pdf"] == report and files["question.txt"] == b"why?\n"
+
+
+def test_cli_lease_session_and_session_end(
+    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI,
+) -> None:
+    import json
+
+    from worker.cli import _load, app
+
+    _load()
+    runner = CliRunner()
+    leased = runner.invoke(app, ["lease", "alpha", "--session", KEY, "--json"])
+    assert leased.exit_code == 0, leased.output
+    data = json.loads(leased.stdout)
+    assert data["session_id"] == session_hash(KEY) and data["created"]
+    assert KEY not in leased.stdout
+    again = json.loads(runner.invoke(app, ["lease", "alpha", "--session", KEY, "--json"]).stdout)
+    assert again["container_id"] == data["container_id"]
+
+    ended = runner.invoke(app, ["session", "end", KEY, "--json"])
+    assert ended.exit_code == 0, ended.output
+    assert json.loads(ended.stdout)["retiring"] is True
+    record = filled.store.by_container_id(data["container_id"])
+    assert record is None or record.state in (State.HARVESTING, State.DELETING, State.GONE)

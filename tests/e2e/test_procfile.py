@@ -1,0 +1,84 @@
+"""The Procfile under ``honcho start``: worker, heartbeat and the dev API come up against a given Redis,
+fill the pool, and all stop on SIGTERM (the worker with a warm shutdown)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psutil
+
+from hearth.pool.model import State
+from hearth.runtime import Runtime
+from settings import Settings
+from tests.e2e.helpers import REPO, clean_env, descendants, port_open, still_alive, until, write_pool_files
+from worker.redis_server import free_port
+
+
+def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, redis_url: str) -> None:
+    procfile = REPO / "Procfile"
+    assert {line.split(":", 1)[0] for line in procfile.read_text().splitlines() if line.strip()} == {
+        "worker", "heartbeat", "api"}
+    pools = write_pool_files(tmp_path)
+    port = free_port()
+    api_base = f"http://127.0.0.1:{port}/v1"
+    env = clean_env(
+        HEARTH_REDIS_URL=redis_url,
+        HEARTH_API_BASE=api_base,
+        HEARTH_LOCAL_PORT=str(port),
+        HEARTH_POOLS=str(pools),
+        HEARTH_DATA_DIR=str(tmp_path / "data"),
+        HEARTH_HEARTBEAT_INTERVAL="1",
+    )
+    log = tmp_path / "honcho.log"
+    with log.open("wb") as out:
+        honcho = subprocess.Popen(
+            ["honcho", "start", "--no-colour", "-f", str(procfile), "-d", str(tmp_path)],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    with _stopped(honcho):
+        rt = Runtime.from_settings(Settings(redis_url=redis_url, api_base=api_base, pools=pools))
+        try:
+            def filled() -> bool:
+                if honcho.poll() is not None:
+                    raise AssertionError(f"honcho exited early:\n{log.read_text()[-4000:]}")
+                return len(rt.store.records("alpha", State.READY)) == 2
+
+            until(filled, timeout=60, what="pool alpha ready 2")
+            ready = {r.container_id for r in rt.store.records("alpha", State.READY)}
+        finally:
+            rt.close()
+        client = openai.OpenAI(base_url=api_base, api_key="unused", max_retries=0)
+        assert {c.id for c in client.containers.list(limit=100) if c.status == "running"} == ready
+
+        procs = descendants(honcho.pid)
+        commands = " ".join(" ".join(p.cmdline()) for p in procs)
+        assert all(part in commands for part in ("hearth worker", "hearth heartbeat", "hearth api"))
+        honcho.send_signal(signal.SIGTERM)
+        honcho.wait(60)
+        assert still_alive(procs) == []
+        assert not port_open("127.0.0.1", port)
+        assert "warm shutdown" in log.read_text().lower()  # the worker stopped gracefully
+
+
+@contextlib.contextmanager
+def _stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Whatever happens in the test, honcho and its children are gone afterwards."""
+    try:
+        yield
+    finally:
+        procs = descendants(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

@@ -272,8 +272,12 @@ class Applier:
             if record is None:
                 return False
             if record.state not in (State.HARVESTING, State.DELETING):
-                target = State.HARVESTING if action.harvest and record.container_id else State.DELETING
-                store.transition(action.name, record.state, target, error=action.reason[:200])
+                # A dead intent's container may only be known from the remote listing: keep its id
+                # on the record, or the retire would delete nothing and leave an orphan.
+                container_id = record.container_id or action.container_id
+                target = State.HARVESTING if action.harvest and container_id else State.DELETING
+                store.transition(action.name, record.state, target, error=action.reason[:200],
+                                 container_id=container_id)
             elif not self._once("retire", action.name):
                 return False
             self.enqueue("hearth.retire", [action.name])
@@ -287,7 +291,11 @@ class Applier:
             log_event(log, "lease.reclaimed", pool=action.pool, name=action.name, lease_id=action.lease_id)
             return True
         if isinstance(action, Forget):
-            return store.forget(action.name)
+            # Only what the reconcile saw: a slow provision may have recorded its container since.
+            record = store.get(action.name)
+            if record is None or (record.state is State.CREATING and record.container_id is not None):
+                return False
+            return store.forget(action.name, states=(State.GONE, State.CREATING, State.EXPIRED, State.FAILED))
         if isinstance(action, Adopt):
             if self._once("adopt", action.name):
                 self.enqueue("hearth.adopt", [action.name])

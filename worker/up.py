@@ -264,8 +264,9 @@ class Supervisor:
         def _stop(signum: int, frame: FrameType | None) -> None:
             self.stopping.set()
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
+        # SIGHUP too: a closed terminal must not orphan children that live in their own sessions.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _stop)
 
     def dead_child(self) -> Child | None:
         return next((c for c in self.children if c.exit_code() is not None), None)

@@ -8,6 +8,7 @@ so a restarted server keeps the time a test moved it to.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -47,7 +48,28 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising the signal after a graceful stop: SIGINT/SIGTERM exit 0."""
+    """uvicorn's server, minus re-raising the signal after a graceful stop (SIGINT/SIGTERM exit 0),
+    and woken at once by :meth:`wake` instead of noticing ``should_exit`` at its next 0.1 s tick
+    (tests start and stop a server per test)."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+            should_exit = await self.on_tick(counter)
+
+    def wake(self) -> None:
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(event.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -177,6 +199,8 @@ class LocalAPIServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self._server is not None:
             self._server.should_exit = True
+            if isinstance(self._server, _Server):
+                self._server.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive() and self._server is not None:

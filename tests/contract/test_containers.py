@@ -196,3 +196,11 @@ def test_deleted_cursor_still_pages(v1: Api) -> None:
     v1.sdk.containers.delete(ids[1])
     body = v1.http.get("/containers", params={"order": "asc", "after": ids[1]}).json()
     assert [c["id"] for c in body["data"]] == ids[2:]
+
+
+def test_gateway_route_without_v1(local_api) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    made = httpx.post(f"{local_api.root_url}/openai/containers", json={"name": "short", "provider": "openai"})
+    assert made.status_code == 200 and made.json()["extra_fields"]["provider"] == "openai"
+    assert httpx.get(f"{local_api.base_url}/containers/{made.json()['id']}").json()["name"] == "short"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,3 +99,18 @@ def still_alive(procs: list[psutil.Process], timeout: float = 10.0) -> list[psut
     """The processes of ``procs`` that are still running after ``timeout`` (zombies count as gone)."""
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def stop_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    """Teardown after a failed test: stop ``proc`` politely, then kill anything it left behind."""
+    procs = descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()

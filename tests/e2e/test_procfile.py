@@ -3,19 +3,16 @@ fill the pool, and all stop on SIGTERM (the worker with a warm shutdown)."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
-import psutil
 
 from hearth.pool.model import State
 from hearth.runtime import Runtime
 from settings import Settings
-from tests.e2e.helpers import REPO, clean_env, descendants, port_open, still_alive, until, write_pool_files
+from tests.e2e.helpers import REPO, clean_env, descendants, port_open, still_alive, stop_tree, until, write_pool_files
 from worker.redis_server import free_port
 
 
@@ -40,7 +37,7 @@ def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, re
             ["honcho", "start", "--no-colour", "-f", str(procfile), "-d", str(tmp_path)],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    with _stopped(honcho):
+    try:
         rt = Runtime.from_settings(Settings(redis_url=redis_url, api_base=api_base, pools=pools))
         try:
             def filled() -> bool:
@@ -63,22 +60,6 @@ def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, re
         assert still_alive(procs) == []
         assert not port_open("127.0.0.1", port)
         assert "warm shutdown" in log.read_text().lower()  # the worker stopped gracefully
-
-
-@contextlib.contextmanager
-def _stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """Whatever happens in the test, honcho and its children are gone afterwards."""
-    try:
-        yield
     finally:
-        procs = descendants(proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        stop_tree(honcho, signal.SIGTERM)
+

@@ -8,7 +8,6 @@ subprocesses that find Redis and the API through ``<data_dir>/up.json`` alone; t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,7 +22,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from tests.e2e.helpers import (
@@ -35,9 +33,11 @@ from tests.e2e.helpers import (
     hearth_json,
     port_open,
     still_alive,
+    stop_tree,
     until,
     write_pool_files,
 )
+from tests.fixtures.localapi import LocalAPI
 
 API_KEY = "sk-e2e-up-0123456789"
 
@@ -96,21 +96,10 @@ def up(tmp_path: Path, busy_port: int) -> Iterator[Up]:
         )
     # Other commands get the pools file the usual way; Redis and the API they must discover.
     handle = Up(proc, tmp_path, {**env, "HEARTH_POOLS": "pools.yaml"}, log)
-    seen: list[psutil.Process] = []
     try:
         yield handle
     finally:
-        seen = descendants(proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for p in seen:  # only if the test failed half-way: never leave a stray process behind
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        stop_tree(proc)  # a no-op when the test got as far as stopping it
 
 
 def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, busy_port: int) -> None:
@@ -187,3 +176,33 @@ def test_a_child_that_dies_stops_everything_with_an_error(up: Up) -> None:
     assert "heartbeat" in up.output() and "exited unexpectedly" in up.output()
     assert still_alive(children) == []
     assert not (up.cwd / ".hearth" / "up.json").exists()
+
+
+def test_configured_redis_and_api_are_used_instead_of_embedded_ones(
+    tmp_path: Path, redis_url: str, local_api: LocalAPI
+) -> None:
+    write_pool_files(tmp_path)
+    env = clean_env(HEARTH_HEARTBEAT_INTERVAL="1", HEARTH_REDIS_URL=redis_url, HEARTH_API_BASE=local_api.base_url,
+                    HEARTH_POOLS="pools.yaml")
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*HEARTH, "up"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    handle = Up(proc, tmp_path, env, log)
+    try:
+        def filled() -> dict[str, Any] | None:
+            data = handle.status()
+            return data if data and data["pools"]["alpha"]["ready"] == 2 else None
+
+        data = until(filled, timeout=60, what="pool alpha ready 2 on the configured API")
+        assert data["redis_url"] == redis_url and data["api_base"] == local_api.base_url
+        children = descendants(proc.pid)
+        assert "redis-server" not in {p.name() for p in children}  # no embedded Redis
+        assert len(children) == 2  # just the worker and the heartbeat: the API is the fixture's
+        client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
+        assert len([c for c in client.containers.list(limit=100) if c.status == "running"]) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert still_alive(children) == []
+    finally:
+        stop_tree(proc)

@@ -38,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from hearth.api.models import ContainerFile
+from hearth.clock import ManualClock
 from hearth.errors import (
     ConfigError,
     Conflict,
@@ -65,6 +66,7 @@ Enqueue = Callable[[str, list[Any]], None]
 _HASH_CONTEXT = b"hearth-session\x00"
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{32}-(?=.)")
 _GLOB_SPECIAL = re.compile(r"([*?\[])")
+MAX_DAYS_SEARCHED = 31  # how many days of {date} targets a restore looks through
 
 
 def session_hash(key: str) -> str:
@@ -106,6 +108,7 @@ class SessionContainer(BaseModel):
     name: str
     target: str  # the rendered harvest URL (the container's own root, with its manifest.json)
     bound_at: float
+    lease_id: str | None = None
 
 
 class SessionRecord(BaseModel):
@@ -337,7 +340,7 @@ class Sessions:
         if rec is None:
             rec = SessionRecord(session_id=sid, pool=pool, created_at=now, last_used_at=now)
         rec.history = [*rec.history, SessionContainer(
-            container_id=lease.container_id, name=lease.name, target=target, bound_at=now)]
+            container_id=lease.container_id, name=lease.name, target=target, bound_at=now, lease_id=lease.lease_id)]
         rec.container_id, rec.name = lease.container_id, lease.name
         rec.lease_id, rec.token = lease.lease_id, lease.token
         rec.verified_at, rec.last_used_at, rec.ended = now, now, False
@@ -449,21 +452,47 @@ class Sessions:
         for past in rec.history:
             if past.container_id == rec.container_id:
                 continue
-            target = StorageTarget.from_url(past.target, clock=self.clock)
-            raw = target.read_bytes(MANIFEST_KEY)
-            if raw is None:
-                continue
-            try:
-                manifest = Manifest.from_json(raw, container_id=past.container_id)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("session %s: manifest of %s unreadable: %s", rec.session_id, past.container_id, exc)
-                continue
-            for entry in sorted(manifest.files.values(), key=lambda e: (e.created_at, e.file_id)):
+            entries: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
+            for url in self._targets_of(past, spec):
+                target = StorageTarget.from_url(url, clock=self.clock)
+                manifest = self._manifest(target, past.container_id)
+                for entry in manifest.files.values() if manifest is not None else ():
+                    entries.setdefault(entry.file_id, (target, entry))
+            for target, entry in sorted(entries.values(), key=lambda te: (te[1].created_at, te[1].file_id)):
                 name = restore_name(entry.container_path)
                 if entry.source != "assistant" and name in input_sizes and input_sizes[name] in (None, entry.bytes):
                     continue  # the pool's input: the fresh container has it already
                 plan[name] = (target, entry)
         return plan
+
+    def _targets_of(self, past: SessionContainer, spec: PoolSpec) -> list[str]:
+        """Where a past container's files may be: its recorded target, then the pool's template for
+        every day since it was bound (a harvest by the pool's own rules, e.g. at retire, renders
+        ``{date}`` on the day it runs)."""
+        urls = [past.target]
+        template = harvest_template(spec.outputs, self.rt.settings.resolved_storage_url)
+        if not any(p in template for p in ("{date}", "{year}", "{month}", "{day}")):
+            return urls
+        day, end = past.bound_at, self.clock.now()
+        for _ in range(MAX_DAYS_SEARCHED):
+            if day > end + 86400:
+                break
+            url = StorageTarget.from_url(
+                template, clock=ManualClock(day), pool=spec.name, container_id=past.container_id,
+                lease_id=past.lease_id,
+            ).url
+            if url not in urls:
+                urls.append(url)
+            day += 86400
+        return urls
+
+    def _manifest(self, target: StorageTarget, container_id: str) -> Manifest | None:
+        try:
+            raw = target.read_bytes(MANIFEST_KEY)
+            return None if raw is None else Manifest.from_json(raw, container_id=container_id)
+        except (ValueError, KeyError, TypeError, StorageError) as exc:
+            log.warning("manifest of %s at %s unreadable: %s", container_id, target.url, exc)
+            return None
 
     def restore(self, rec: SessionRecord, spec: PoolSpec) -> list[str]:
         """Upload every file of the session's earlier containers into the current one; the names restored.

@@ -290,3 +290,29 @@ def test_cli_lease_session_and_session_end(
     assert json.loads(ended.stdout)["retiring"] is True
     record = filled.store.by_container_id(data["container_id"])
     assert record is None or record.state in (State.HARVESTING, State.DELETING, State.GONE)
+
+
+def test_idle_window_lapse_retires_and_the_next_turn_gets_the_files_back(
+    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI, pool_env: dict[str, str],
+) -> None:
+    pools = Path(pool_env["HEARTH_POOLS"])
+    pools.write_text(POOLS.replace("session_idle_seconds: 3600", "session_idle_seconds: 1"))
+    sessions = Sessions(filled, send)
+    client = sdk(local_api)
+    got = sessions.lease("alpha", KEY)
+    plot = os.urandom(20_000)
+    local_api.write_assistant_file(got.container_id, "/mnt/data/plot.svg", plot)
+    time.sleep(1.5)  # the session sits idle past its window
+
+    def gone() -> bool:
+        try:
+            client.containers.retrieve(got.container_id)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    until(gone, step=lambda: tick(filled, send))  # reclaim -> retire (the pool's harvest) -> deleted
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+    back = sessions.lease("alpha", KEY)
+    assert back.restored and back.restored_files == ["plot.svg"]
+    assert contents(client, back.container_id)["plot.svg"] == plot

@@ -154,6 +154,10 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
     assert len(found) == 1 and lease["container_id"] in str(found[0])
     assert found[0].read_bytes() == report
 
+    # The plain (not a terminal) status: a line per refresh period and the records' transitions.
+    until(lambda: "alpha desired 2 ready 2 leased 0" in up.output(), timeout=20, what="a status line")
+    assert f"{lease['name']} READY -> LEASED" in up.output() or f"{lease['name']} LEASED" in up.output()
+
     # Ctrl-C: every child (worker, heartbeat, redis-server) exits, both ports close, up.json goes.
     children = descendants(up.proc.pid)
     assert {"redis-server"} <= {p.name() for p in children} and len(children) >= 3

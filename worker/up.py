@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -353,10 +354,11 @@ class Supervisor:
         live = [c for c in self.children if c.proc is not None]
         for child in live:
             child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout  # one budget for all, not one per child
         for child in live:
             assert child.proc is not None
             try:
-                child.proc.wait(self.stop_timeout)
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._say(f"{child.name} did not stop in {self.stop_timeout:.0f} s: killing it")
             child.signal_group(signal.SIGKILL)  # also whatever it left in its group

@@ -181,9 +181,18 @@ class Operations:
         target = StorageTarget.from_url(
             template, clock=self.clock, pool=pool, container_id=container_id, lease_id=lease_id
         )
-        report = self.rt.harvester.harvest(
-            container_id, target, harvest_policy(outputs), pool=pool, lease_id=lease_id
-        )
+        policy = harvest_policy(outputs)
+        if record is not None and record.session_key_hash:
+            # A session's container holds the app's uploads too, and a later lease restores them:
+            # harvest every source but the pool's inputs, whoever triggers the harvest.
+            from hearth.sessions import Sessions  # sessions builds on this module
+
+            try:
+                files = list(self.client.list_files(container_id, order="asc"))
+            except (ContainerExpired, NotFound):
+                files = []
+            policy = Sessions(self.rt, lambda name, args: None).policy(record.pool, files)
+        report = self.rt.harvester.harvest(container_id, target, policy, pool=pool, lease_id=lease_id)
         if record is not None:
             with contextlib.suppress(Conflict):
                 self.store.update(

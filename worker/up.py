@@ -208,8 +208,10 @@ class Supervisor:
             Child("worker", [*hearth, "worker", "--pool", "threads"], logs / "worker.log"),
             Child("heartbeat", [*hearth, "heartbeat"], logs / "heartbeat.log"),
         ]
-        for child in self.children:
-            child.start(env)
+        port = self.settings.metrics_port
+        for i, child in enumerate(self.children):
+            # Each process serves its own metrics: the worker on HEARTH_METRICS_PORT, the heartbeat on the next.
+            child.start(env if port is None else {**env, "HEARTH_METRICS_PORT": str(port + i)})
             self._say(f"{child.name}: pid {child.pid}, log {child.log_path}")
         self._say(f"pools file {self.pools_path}; Ctrl-C stops everything")
 

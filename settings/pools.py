@@ -41,7 +41,8 @@ from settings.pools_errors import PoolsFileError, PoolsFileIssue
 
 POOL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
 MemoryLimit = Literal["1g", "4g", "16g", "64g"]
-TARGET_PLACEHOLDERS: frozenset[str] = frozenset({"pool", "date", "container_id", "container_name"})
+# The placeholders hearth.files.storage.render_url fills (a test keeps the two sets equal).
+TARGET_PLACEHOLDERS: frozenset[str] = frozenset({"pool", "container_id", "lease_id", "date", "year", "month", "day"})
 PoolName = Annotated[str, Field(pattern=POOL_NAME_PATTERN)]
 _ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -426,7 +427,8 @@ class OutputRules(_Model):
     target: Annotated[
         str | None,
         Field(description="fsspec URL of the harvest directory; placeholders {pool}, {date}, {container_id}, "
-                          "{container_name}. Default <HEARTH_STORAGE_URL>/{pool}/{date}/{container_id}."),
+                          "{lease_id}, {year}, {month}, {day} (UTC). "
+                          "Default <HEARTH_STORAGE_URL>/{pool}/{date}/{container_id}."),
     ] = None
     source: Annotated[
         Literal["assistant", "user", "any"],
@@ -467,12 +469,6 @@ class OutputRules(_Model):
             raise _problem(f"unknown placeholder(s) {', '.join(unknown)} in target (known: {known})")
         return target
 
-    def render_target(
-        self, storage_url: str, *, pool: str, container_id: str, container_name: str, date: str
-    ) -> str:
-        """The harvest directory of one container; ``storage_url`` is the default base (Settings)."""
-        template = self.target or storage_url.rstrip("/") + "/{pool}/{date}/{container_id}"
-        return template.format(pool=pool, date=date, container_id=container_id, container_name=container_name)
 
 
 class Keepalive(_Model):

@@ -594,16 +594,20 @@ def test_naive_now_is_refused() -> None:
 # --- public API odds and ends ----------------------------------------------------------------------
 
 
-def test_pool_lookup_and_render_target(tmp_path: Path) -> None:
-    pools = parse("version: 1\npools:\n  a: {outputs: {target: 's3://b/{pool}/{container_name}'}}\n  b: {}\n",
+def test_pool_lookup_and_target_placeholders(tmp_path: Path) -> None:
+    pools = parse("version: 1\npools:\n  a: {outputs: {target: 's3://b/{pool}/{lease_id}/{year}'}}\n  b: {}\n",
                   tmp_path)
     with pytest.raises(KeyError, match="pools: a, b"):
         pools.pool("zz")
-    a, b = pools.pool("a").outputs, pools.pool("b").outputs
-    assert a.render_target("file:///h", pool="a", container_id="c1", container_name="n1", date="2025-01-02") \
-        == "s3://b/a/n1"
-    assert b.render_target("file:///h/", pool="b", container_id="c1", container_name="n1", date="2025-01-02") \
-        == "file:///h/b/2025-01-02/c1"
+    assert pools.pool("a").outputs.target == "s3://b/{pool}/{lease_id}/{year}"
+    assert pools.pool("b").outputs.target is None
+
+
+def test_target_placeholders_are_the_ones_harvest_fills() -> None:
+    from hearth.files.storage import PLACEHOLDERS
+    from settings.pools import TARGET_PLACEHOLDERS
+
+    assert TARGET_PLACEHOLDERS == PLACEHOLDERS
 
 
 def test_input_spec_accepts_as_by_alias_and_name() -> None:

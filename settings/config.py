@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from settings.faults import FaultConfig
@@ -48,8 +48,14 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("HEARTH_API_KEY", "OPENAI_API_KEY", "api_key"),
-        description="API key. HEARTH_API_KEY, else OPENAI_API_KEY. Default none (the local API needs none).",
+        validation_alias=AliasChoices("HEARTH_API_KEY", "api_key"),
+        description="API key. HEARTH_API_KEY (from any source), else OPENAI_API_KEY. Default none (the local "
+        "API needs none).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="Fallback API key, used only when HEARTH_API_KEY is set nowhere. Default none.",
     )
     gateway_provider: str = Field(
         "openai", description="Provider a gateway should route to (body on create, query elsewhere). Default openai."
@@ -134,6 +140,14 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("SENTRY_DSN", "HEARTH_SENTRY_DSN", "sentry_dsn"),
         description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
     )
+
+    @model_validator(mode="after")
+    def _fall_back_to_openai_key(self) -> Settings:
+        # A separate field, not an alias: with aliases, OPENAI_API_KEY in the process environment
+        # would beat HEARTH_API_KEY in .env (sources win over names), silently using a global key.
+        if self.api_key is None and self.openai_api_key is not None:
+            self.api_key = self.openai_api_key
+        return self
 
     @property
     def resolved_api_base(self) -> str:

@@ -63,6 +63,12 @@ def test_hearth_api_key_beats_openai_api_key_in_dotenv(tmp_path: Path) -> None:
     assert Settings().api_key.get_secret_value() == "hearth-key"  # type: ignore[union-attr]
 
 
+def test_hearth_api_key_in_dotenv_beats_a_global_openai_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "global-openai-key")
+    dotenv(tmp_path, HEARTH_API_KEY="project-hearth-key")
+    assert Settings().api_key.get_secret_value() == "project-hearth-key"  # type: ignore[union-attr]
+
+
 def test_secrets_are_masked_everywhere_but_get_secret_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTH_API_KEY", KEY)
     monkeypatch.setenv("SENTRY_DSN", DSN)

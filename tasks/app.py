@@ -27,6 +27,28 @@ def broker_url(settings: Settings) -> str:
     return url
 
 
+def redelivery_options(visibility_timeout: int) -> dict[str, Any]:
+    """Redis transport options that redeliver a dead worker's unacked tasks soon after the timeout.
+
+    kombu's Redis transport keeps every delivered, unacked message in the ``unacked`` hash; any worker's
+    periodic sweep (``restore_visible``) puts back those delivered more than ``visibility_timeout``
+    seconds ago. kombu 5.7 runs the sweep every ``unacked_restore_interval`` seconds (10) but scans
+    Redis only on every ``unacked_restore_throttle``-th call (10): ~100 s between real scans, so a task
+    lost with its worker came back up to 100 s after the timeout. Scanning on every call (a single
+    ZRANGE on an index) at a fifth of the timeout, capped at 10 s, bounds redelivery to the timeout
+    plus that interval. The timeout itself must stay above the longest task run and retry countdown,
+    or a live worker's task is delivered a second time (harmless, tasks are idempotent, but wasted).
+    """
+    return {
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout // 5)),
+        "unacked_restore_throttle": 1,
+        # A worker killed while sweeping holds the sweep mutex until it expires (default 300 s); a
+        # shorter hold is safe because each restore is a WATCH transaction that cannot run twice.
+        "unacked_mutex_expire": 60,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     return {
@@ -44,10 +66,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            # An unacked task whose worker vanished is redelivered after this many seconds.
-            "visibility_timeout": settings.task_visibility_timeout,
-        },
+        "broker_transport_options": redelivery_options(settings.task_visibility_timeout),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

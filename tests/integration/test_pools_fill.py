@@ -183,6 +183,7 @@ def test_worker_killed_mid_provision_leaves_no_orphan(
     write_pools(pool_env, min_ready=2, max_total=3)
     # Uploads are slow, so the kill lands after the creates and during the input copies.
     local_api.set_faults({"endpoints": {"files.create": {"latency_ms": 1500}}})
+    # The dead worker's unacked provisions come back 10 s after delivery plus one sweep (tasks.app).
     env = {**pool_env, "HEARTH_TASK_VISIBILITY_TIMEOUT": "10"}
     worker = start_worker(env, concurrency=4)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731

@@ -93,7 +93,7 @@ class Runtime:
 
     def pools(self) -> PoolsFile:
         """The pools file, re-read when it changes on disk (edits apply without a restart)."""
-        path = Path(self.settings.pools)
+        path = Path(self.settings.resolved_pools)
         try:
             mtime = path.stat().st_mtime
         except OSError as exc:
@@ -112,12 +112,12 @@ class Runtime:
         pools = self.pools().pools
         if name not in pools:
             known = ", ".join(sorted(pools)) or "none"
-            raise ConfigError(f"no pool named {name!r} (pools: {known})", where=str(self.settings.pools))
+            raise ConfigError(f"no pool named {name!r} (pools: {known})", where=str(self.settings.resolved_pools))
         return pools[name]
 
     def inputs(self, spec: PoolSpec) -> tuple[list[InputItem], str]:
         """The pool's input files and their digest; re-hashed only when a file changed."""
-        base = Path(self.settings.pools).resolve().parent
+        base = Path(self.settings.resolved_pools).resolve().parent
         stamp = _stamp(spec.inputs, base)
         cached = self._pools.inputs.get(spec.name)
         if cached is not None and cached[0] == stamp:

@@ -171,5 +171,15 @@ class Settings(BaseSettings):
         return discover_redis_url(self)
 
     @property
+    def resolved_pools(self) -> Path:
+        """HEARTH_POOLS (or a constructor value), else the pools file of a running `hearth up` in this
+        data dir, else the default."""
+        if "pools" in self.model_fields_set:
+            return self.pools
+        from settings.discovery import discover_pools
+
+        return discover_pools(self) or self.pools
+
+    @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.data_dir / "harvest").resolve().as_uri()

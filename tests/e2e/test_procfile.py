@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import openai
+import psutil
 
 from hearth.pool.model import State
 from hearth.runtime import Runtime
@@ -18,8 +19,10 @@ from worker.redis_server import free_port
 
 def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, redis_url: str) -> None:
     procfile = REPO / "Procfile"
-    assert {line.split(":", 1)[0] for line in procfile.read_text().splitlines() if line.strip()} == {
-        "worker", "heartbeat", "api"}
+    entries = dict(line.split(":", 1) for line in procfile.read_text().splitlines() if line.strip())
+    assert set(entries) == {"worker", "heartbeat", "api"}
+    # exec: honcho then signals and waits for hearth itself, not a shell, and reports hearth's exit code.
+    assert all(cmd.strip().startswith("exec hearth ") for cmd in entries.values())
     pools = write_pool_files(tmp_path)
     port = free_port()
     api_base = f"http://127.0.0.1:{port}/v1"
@@ -55,11 +58,18 @@ def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, re
         procs = descendants(honcho.pid)
         commands = " ".join(" ".join(p.cmdline()) for p in procs)
         assert all(part in commands for part in ("hearth worker", "hearth heartbeat", "hearth api"))
+        # No shell in between: honcho's children are the hearth processes themselves.
+        direct = psutil.Process(honcho.pid).children()
+        assert len(direct) == 3 and not {p.name() for p in direct} & {"sh", "dash", "bash"}, [
+            (p.name(), p.cmdline()) for p in direct]
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(60)
         assert still_alive(procs) == []
         assert not port_open("127.0.0.1", port)
-        assert "warm shutdown" in log.read_text().lower()  # the worker stopped gracefully
+        output = log.read_text()
+        assert "warm shutdown" in output.lower()  # the worker stopped gracefully
+        for name in ("worker", "heartbeat", "api"):  # and every process exited cleanly, by its own code
+            assert f"{name}.1 stopped (rc=0)" in output, output[-4000:]
     finally:
         stop_tree(honcho, signal.SIGTERM)
 

@@ -68,6 +68,9 @@ class PoolPlan:
     draining: bool
     next_schedule_change: str | None
     actions: list[Action] = field(default_factory=list)
+    # The state of every record when the plan was made: the applier moves records only from these.
+    seen: dict[str, State] = field(default_factory=dict)
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class PoolPlan:
             "breaker_reason": self.breaker_reason,
             "draining": self.draining,
             "next_schedule_change": self.next_schedule_change,
+            "error": self.error,
             "actions": [a.to_json() for a in self.actions],
         }
 
@@ -151,37 +155,7 @@ class Planner:
         pools = self.rt.pools().pools
         plans: list[PoolPlan] = []
         for name, spec in pools.items():
-            records = store.records(name)
-            draining = self.draining(name)
-            _, digest = self.rt.inputs(spec)
-            desired = self.desired(spec, now, digest=digest, draining=draining)
-            breaker = store.breaker_state(name)
-            actions: list[Action] = reconcile(
-                desired,
-                records,
-                now,
-                remote=remote,
-                breaker_open=breaker.state is BreakerState.OPEN,
-                max_provision=1 if breaker.state is BreakerState.HALF_OPEN else None,
-            )
-            actions.extend(harvest_due(spec, records, now))
-            counts = _counts(records)
-            change = spec.next_schedule_change(now)
-            plans.append(
-                PoolPlan(
-                    pool=name,
-                    desired_ready=ready_target(desired, counts.get("leased", 0)),
-                    min_ready=desired.min_ready,
-                    buffer=desired.buffer,
-                    max_total=desired.max_total,
-                    counts=counts,
-                    breaker=breaker.state.value,
-                    breaker_reason=breaker.reason,
-                    draining=draining,
-                    next_schedule_change=change.astimezone(UTC).isoformat() if change else None,
-                    actions=actions,
-                )
-            )
+            plans.append(self._plan_pool(spec, store.records(name), now, remote))
         # Pools removed from the pools file: let go of their idle containers, keep leased ones.
         for name in sorted(set(store.pools()) - set(pools)):
             records = store.records(name)
@@ -192,26 +166,81 @@ class Planner:
             plans.append(
                 PoolPlan(pool=name, desired_ready=0, min_ready=0, buffer=0, max_total=0, counts=_counts(records),
                          breaker="closed", breaker_reason=None, draining=True, next_schedule_change=None,
-                         actions=reconcile(desired, records, now, remote=remote, breaker_open=True))
+                         actions=reconcile(desired, records, now, remote=remote, breaker_open=True),
+                         seen={r.name: r.state for r in records})
             )
         if remote is not None:
-            known = [r for p in store.pools() for r in store.records(p)]
-            orphans = find_orphans(
-                remote, [r.name for r in known], [r.container_id for r in known if r.container_id], now,
-                name_prefix=self.rt.settings.name_prefix, grace=self.rt.settings.orphan_grace,
-            )
-            covered = {a.container_id for p in plans for a in p.actions if isinstance(a, DeleteOrphan)}
-            by_pool: dict[str, list[Action]] = {}
-            for orphan in orphans:
-                if orphan.container_id not in covered:
-                    by_pool.setdefault(orphan.pool or "-", []).append(orphan)
-            for name, found in sorted(by_pool.items()):
-                plans.append(
-                    PoolPlan(pool=name, desired_ready=0, min_ready=0, buffer=0, max_total=0, counts={},
-                             breaker="closed", breaker_reason=None, draining=True, next_schedule_change=None,
-                             actions=found)
-                )
+            plans.extend(self._orphans(plans, remote, now))
         return plans
+
+    def _plan_pool(
+        self, spec: PoolSpec, records: list[ContainerRecord], now: float, remote: list[RemoteContainer] | None
+    ) -> PoolPlan:
+        store = self.rt.store
+        draining = self.draining(spec.name)
+        breaker = store.breaker_state(spec.name)
+        breaker_open = breaker.state is BreakerState.OPEN
+        error: str | None = None
+        try:
+            _, digest = self.rt.inputs(spec)
+        except HearthError as exc:
+            # One pool's broken input must not stop keepalive anywhere: keep what its containers
+            # hold (no rotation), create nothing new, and say why.
+            error = f"inputs: {exc}"
+            digest = _common_digest(records)
+            breaker_open = True
+        desired = self.desired(spec, now, digest=digest, draining=draining)
+        actions: list[Action] = reconcile(
+            desired,
+            records,
+            now,
+            remote=remote,
+            breaker_open=breaker_open,
+            max_provision=1 if breaker.state is BreakerState.HALF_OPEN else None,
+        )
+        actions.extend(harvest_due(spec, records, now))
+        counts = _counts(records)
+        change = spec.next_schedule_change(now)
+        return PoolPlan(
+            pool=spec.name,
+            desired_ready=ready_target(desired, counts.get("leased", 0)),
+            min_ready=desired.min_ready,
+            buffer=desired.buffer,
+            max_total=desired.max_total,
+            counts=counts,
+            breaker=breaker.state.value,
+            breaker_reason=breaker.reason,
+            draining=draining,
+            next_schedule_change=change.astimezone(UTC).isoformat() if change else None,
+            actions=actions,
+            seen={r.name: r.state for r in records},
+            error=error,
+        )
+
+    def _orphans(self, plans: list[PoolPlan], remote: list[RemoteContainer], now: float) -> list[PoolPlan]:
+        """Orphans of pools that no per-pool plan covered (e.g. a pool removed from the file)."""
+        store = self.rt.store
+        known = [r for p in store.pools() for r in store.records(p)]
+        orphans = find_orphans(
+            remote, [r.name for r in known], [r.container_id for r in known if r.container_id], now,
+            name_prefix=self.rt.settings.name_prefix, grace=self.rt.settings.orphan_grace,
+        )
+        covered = {a.container_id for p in plans for a in p.actions if isinstance(a, DeleteOrphan)}
+        by_pool: dict[str, list[Action]] = {}
+        for orphan in orphans:
+            if orphan.container_id not in covered:
+                by_pool.setdefault(orphan.pool or "-", []).append(orphan)
+        return [
+            PoolPlan(pool=name, desired_ready=0, min_ready=0, buffer=0, max_total=0, counts={}, breaker="closed",
+                     breaker_reason=None, draining=True, next_schedule_change=None, actions=found)
+            for name, found in sorted(by_pool.items())
+        ]
+
+
+def _common_digest(records: Sequence[ContainerRecord]) -> str:
+    """The inputs digest most of a pool's containers hold (used when the inputs cannot be read)."""
+    digests = [r.inputs_digest for r in records if r.inputs_digest]
+    return max(set(digests), key=digests.count) if digests else ""
 
 
 def _counts(records: Sequence[ContainerRecord]) -> dict[str, int]:
@@ -242,7 +271,7 @@ class Applier:
         for plan in plans:
             for action in plan.actions:
                 try:
-                    if self._apply(action):
+                    if self._apply(action, plan.seen.get(getattr(action, "name", ""))):
                         done.append(action.to_json())
                 except (Conflict, LeaseError) as exc:
                     log.info("skipped %s: %s", action.kind, exc)  # the record moved: next tick decides again
@@ -250,7 +279,8 @@ class Applier:
                     log.warning("could not apply %s: %s", action.kind, exc)
         return done
 
-    def _apply(self, action: Action) -> bool:
+    def _apply(self, action: Action, seen: State | None) -> bool:
+        """Apply one action; ``seen`` is its record's state when planned (moves start only from it)."""
         store = self.rt.store
         if isinstance(action, Provision):
             spec = self.rt.pool(action.pool)
@@ -269,17 +299,20 @@ class Applier:
             return False
         if isinstance(action, Retire):
             record = store.get(action.name)
-            if record is None:
+            if record is None or seen is None:
                 return False
-            if record.state not in (State.HARVESTING, State.DELETING):
+            if seen not in (State.HARVESTING, State.DELETING):
+                # Only from the state the plan saw: a container leased since then is not retired.
                 # A dead intent's container may only be known from the remote listing: keep its id
                 # on the record, or the retire would delete nothing and leave an orphan.
                 container_id = record.container_id or action.container_id
                 target = State.HARVESTING if action.harvest and container_id else State.DELETING
-                store.transition(action.name, record.state, target, error=action.reason[:200],
-                                 container_id=container_id)
+                store.transition(action.name, seen, target, error=action.reason[:200], container_id=container_id)
             elif not self._once("retire", action.name):
                 return False
+            elif seen is State.HARVESTING and not action.harvest:
+                # Stuck harvesting a container that is gone or expired: nothing left to save.
+                store.transition(action.name, State.HARVESTING, State.DELETING, error=action.reason[:200])
             self.enqueue("hearth.retire", [action.name])
             return True
         if isinstance(action, Reclaim):
@@ -293,9 +326,9 @@ class Applier:
         if isinstance(action, Forget):
             # Only what the reconcile saw: a slow provision may have recorded its container since.
             record = store.get(action.name)
-            if record is None or (record.state is State.CREATING and record.container_id is not None):
+            if record is None or seen is None or (seen is State.CREATING and record.container_id is not None):
                 return False
-            return store.forget(action.name, states=(State.GONE, State.CREATING, State.EXPIRED, State.FAILED))
+            return store.forget(action.name, states=(seen,))
         if isinstance(action, Adopt):
             if self._once("adopt", action.name):
                 self.enqueue("hearth.adopt", [action.name])
@@ -315,18 +348,19 @@ class Applier:
 
 
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
-         lock_ttl: float = 60.0) -> list[dict[str, Any]] | None:
+         lock_ttl: float = 60.0, rng: random.Random | None = None) -> list[dict[str, Any]] | None:
     """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
 
     The heartbeat leader and on-demand reconciles (``hearth.reconcile``, a lease waiting on an
     empty pool) may overlap; the lock keeps two planners from provisioning the same gap twice.
     """
+    rng = rng or random.Random()
     key = runtime.store.key("lock", "tick")
-    token = f"{random.getrandbits(64):x}"
+    token = f"{rng.getrandbits(64):x}"
     if not runtime.redis.set(key, token, nx=True, px=int(lock_ttl * 1000)):
         return None
     try:
-        return Applier(runtime, enqueue).apply(Planner(runtime).plan(remote=remote))
+        return Applier(runtime, enqueue, rng=rng).apply(Planner(runtime).plan(remote=remote))
     finally:
         # Release only our own lock (a tick that outlived lock_ttl must not free another's).
         runtime.redis.eval(

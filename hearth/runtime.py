@@ -7,6 +7,7 @@ here is a module global, so tests build as many as they like, with their own clo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ import redis
 from hearth.api.client import ContainersClient
 from hearth.clock import Clock, SystemClock
 from hearth.errors import ConfigError
-from hearth.events import NullObserver, Observer
+from hearth.events import NullObserver, Observer, log_event
 from hearth.files.harvest import Harvester
 from hearth.files.inputs import InputItem, inputs_digest, resolve_inputs
 from hearth.pool.leases import Leases
@@ -27,6 +28,9 @@ from settings.pools import PoolsFile, PoolsFileError, PoolSpec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Runtime:
         self.leases = Leases(self.store)
         self.harvester = Harvester(client, self.clock)
         self._pools = _PoolsCache()
+        # Why the pools file on disk is not the one in use (None: it is).
+        self.pools_error: str | None = None
 
     @classmethod
     def from_settings(
@@ -76,7 +82,10 @@ class Runtime:
                 f"({settings.data_dir})",
                 where="HEARTH_REDIS_URL",
             )
-        redis_client = redis.Redis.from_url(url, health_check_interval=30)
+        # Timeouts: a partitioned Redis must raise (and be retried), not hang the heartbeat or a lease.
+        redis_client = redis.Redis.from_url(
+            url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=30
+        )
         client = ContainersClient.from_settings(
             settings, redis=redis_client, transport=transport, clock=clock, observer=observer
         )
@@ -103,8 +112,16 @@ class Runtime:
             try:
                 loaded = load_pools(path)
             except PoolsFileError as exc:
-                raise ConfigError(str(exc), where=str(path)) from None
+                if cache.pools is None or cache.path != path:
+                    raise ConfigError(str(exc), where=str(path)) from None
+                # A bad edit must not stop keepalive: keep serving the last good file, and say so.
+                if self.pools_error is None:
+                    log_event(log, "pools.reload_failed", level=logging.ERROR, path=str(path), error=str(exc))
+                self.pools_error = str(exc)
+                cache.mtime = mtime
+                return cache.pools
             self._pools = _PoolsCache(path=path, mtime=mtime, pools=loaded)
+            self.pools_error = None
         assert self._pools.pools is not None
         return self._pools.pools
 

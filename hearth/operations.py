@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hearth.api.models import Container, CreateContainerRequest
-from hearth.errors import ConfigError, Conflict, ContainerExpired, HearthError, NotFound
-from hearth.events import log_event
+from hearth.errors import APIError, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
+from hearth.events import log_event, redact_text
 from hearth.files.harvest import HarvestPolicy, HarvestReport
 from hearth.files.inputs import split_file_ids, sync_inputs
 from hearth.files.storage import StorageTarget
@@ -26,6 +26,7 @@ from settings.pools import OutputRules, PoolsFileError, PoolSpec
 log = logging.getLogger(__name__)
 
 LIVE = (State.READY, State.LEASED)
+MAX_HARVEST_ATTEMPTS = 20  # failed harvest tries (each a task retry with backoff) before a retire gives up
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "action": self.action, "state": self.state, "detail": self.detail}
+
+
+def reason(exc: BaseException) -> str:
+    """An operator-facing reason for Redis and `hearth status`: the error's kind, status and param,
+    and its message with anything secret-looking masked (backends may echo request fields)."""
+    parts = [type(exc).__name__]
+    if isinstance(exc, APIError):
+        parts += [str(v) for v in (exc.status, exc.param, exc.code) if v is not None]
+    return " ".join(parts) + ": " + redact_text(str(exc))[:200]
 
 
 def harvest_template(outputs: OutputRules, storage_url: str) -> str:
@@ -75,20 +85,29 @@ class Operations:
         try:
             spec = self.rt.pool(record.pool)
         except ConfigError as exc:
-            self.store.fail(name, (State.CREATING, State.SEEDING), f"pool gone from the pools file: {exc}")
+            self.store.fail(name, (State.CREATING, State.SEEDING), f"pool gone from the pools file: {reason(exc)}")
             raise
         items, digest = self.rt.inputs(spec)
         file_ids, _ = split_file_ids(items)
 
         if record.state is State.CREATING:
             record = self._create(record, spec, file_ids, digest)
-        assert record.container_id is not None
+        if record.container_id is None:
+            raise Conflict(f"{name}: SEEDING without a container id")
         try:
             sync_inputs(self.client, record.container_id, items, file_ids_at_create=bool(file_ids))
             container = self.client.retrieve_container(record.container_id)
         except (ContainerExpired, NotFound) as exc:
-            self.store.fail(name, State.SEEDING, f"container lost while seeding: {exc}")
-            return Outcome(name, "provision", State.FAILED.value, str(exc))
+            self.store.fail(name, State.SEEDING, f"container lost while seeding: {reason(exc)}")
+            return Outcome(name, "provision", State.FAILED.value, reason(exc))
+        except HearthError as exc:
+            if exc.temporary:
+                raise
+            # Inputs that can never be copied: FAILED now (the reconcile replaces it), and counted by
+            # the breaker so a pool whose inputs always fail stops creating containers.
+            self.store.fail(name, State.SEEDING, f"seeding failed: {reason(exc)}")
+            self.store.record_create_failure(record.pool, f"seeding: {reason(exc)}")
+            raise
         if not container.usable:
             self.store.fail(name, State.SEEDING, f"container is {container.status!r} after seeding")
             return Outcome(name, "provision", State.FAILED.value, container.status)
@@ -111,16 +130,16 @@ class Operations:
             try:
                 body = spec.container.create_body(name)
             except PoolsFileError as exc:
-                self.store.fail(name, State.CREATING, str(exc))
+                self.store.fail(name, State.CREATING, "the pools file cannot build the create request")
                 raise ConfigError(str(exc), where=f"pool {record.pool}") from None
             if file_ids:
                 body["file_ids"] = file_ids
             try:
                 existing = self.client.create_container(CreateContainerRequest.model_validate(body))
             except HearthError as exc:
-                self.store.record_create_failure(record.pool, f"{type(exc).__name__}: {exc}")
+                self.store.record_create_failure(record.pool, reason(exc))
                 if not exc.temporary:
-                    self.store.fail(name, State.CREATING, f"create failed: {exc}")
+                    self.store.fail(name, State.CREATING, f"create failed: {reason(exc)}")
                 raise
         return self.store.transition(
             name,
@@ -210,18 +229,13 @@ class Operations:
             return Outcome(name, "retire", None, "no record")
         if record.state is State.HARVESTING:
             if record.container_id is not None and self._wants_harvest(record):
-                report = self.harvest(record.container_id)
-                if not report.complete and not report.expired:
-                    # Files are still in the container: keep it and let the task retry the harvest.
-                    raise HearthError(
-                        f"harvest of {record.container_id} incomplete: {report.failures} failures", temporary=True
-                    )
+                self._harvest_before_delete(record)
             record = self.store.transition(name, State.HARVESTING, State.DELETING)
         elif record.state in (State.READY, State.EXPIRED, State.FAILED, State.CREATING, State.SEEDING):
             record = self.store.transition(name, record.state, State.DELETING)
         if record.state is State.DELETING:
             if record.container_id is not None:
-                with contextlib.suppress(NotFound):  # already gone: deleting is done
+                with contextlib.suppress(NotFound, ContainerExpired):  # already gone: deleting is done
                     self.client.delete_container(record.container_id)
             self.store.transition(name, State.DELETING, State.GONE)
             self.store.forget(name, states=State.GONE)
@@ -229,6 +243,32 @@ class Operations:
             self.rt.observer.event("container.retired", pool=record.pool, container_id=record.container_id)
             return Outcome(name, "retire", State.GONE.value)
         return Outcome(name, "retire", record.state.value, "not retirable now")
+
+    def _harvest_before_delete(self, record: ContainerRecord) -> None:
+        """Harvest, or raise a temporary error so the task retries while the files are still there.
+
+        Bounded: after ``MAX_HARVEST_ATTEMPTS`` failed tries the container is let go (loudly), since a
+        file that can never be copied (a store that refuses it, a bad target) would otherwise keep
+        the container alive and its pool slot taken forever.
+        """
+        assert record.container_id is not None
+        if record.harvest_attempts >= MAX_HARVEST_ATTEMPTS:
+            log_event(log, "harvest.abandoned", level=logging.ERROR, pool=record.pool, name=record.name,
+                      container_id=record.container_id, attempts=record.harvest_attempts, error=record.error)
+            self.rt.observer.event("harvest.abandoned", pool=record.pool, container_id=record.container_id)
+            return
+        try:
+            report = self.harvest(record.container_id)
+            if report.complete or report.expired:
+                return
+            failure: HearthError = HearthError(
+                f"harvest of {record.container_id} incomplete: {report.failures} failures", temporary=True
+            )
+        except HearthError as exc:
+            failure = exc
+        self.store.update(record.name, State.HARVESTING, harvest_attempts=record.harvest_attempts + 1,
+                          error=f"harvest: {reason(failure)}")
+        raise HearthError(str(failure), temporary=True) from failure
 
     def _wants_harvest(self, record: ContainerRecord) -> bool:
         try:
@@ -255,7 +295,7 @@ class Operations:
         """Delete a prefixed container no record owns (checked again right before deleting)."""
         if self.store.by_container_id(container_id) is not None or self.store.get(name) is not None:
             return Outcome(name, "delete_orphan", None, "owned after all")
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound, ContainerExpired):
             self.client.delete_container(container_id)
         log_event(log, "orphan.deleted", name=name, container_id=container_id)
         self.rt.observer.event("orphan.deleted", container_id=container_id)

@@ -13,6 +13,7 @@ lease asks for an immediate reconcile and waits for the refill, up to the pool's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from typing import Any
 
 from celery import Celery
 
-from hearth.errors import HearthError, PoolEmpty
+from hearth.errors import ConfigError, HearthError, PoolEmpty
 from hearth.events import log_event
 from hearth.pool.leases import Lease, ReleasedLease
 from hearth.pool.model import State
@@ -85,12 +86,16 @@ class HearthPools:
         record = self.rt.store.by_container_id(container_id)
         if record is None:
             raise HearthError(f"container {container_id} is not one of Hearth's")
-        spec = self.rt.pool(record.pool)
-        reuse = spec.lease.on_release == "reuse" if reuse is None else reuse
+        # A pool that left the pools file still releases: harvest and retire, the safe defaults.
+        rules = None
+        with contextlib.suppress(ConfigError):
+            rules = self.rt.pool(record.pool)
+        if reuse is None:
+            reuse = rules is not None and rules.lease.on_release == "reuse"
         released = self.rt.leases.release(container_id, lease_id, reuse=reuse)
         if released.state is State.HARVESTING:
             self.celery.send_task("hearth.retire", args=[released.name])
-        elif spec.outputs.on_release:
+        elif rules is None or rules.outputs.on_release:
             self.celery.send_task("hearth.harvest", args=[container_id])
         log_event(log, "lease.released", pool=released.pool, container_id=container_id, lease_id=lease_id)
         return released
@@ -101,8 +106,15 @@ class HearthPools:
         got = self.lease(pool, ttl=ttl, wait=wait)
         try:
             yield got
-        finally:
-            self.release(got.container_id, got.lease_id)
+        except BaseException:
+            # A container whose user raised is harvested and retired, never handed to the next caller;
+            # a failing release must not hide the app's own exception.
+            try:
+                self.release(got.container_id, got.lease_id, reuse=False)
+            except HearthError as exc:
+                log.warning("lease %s: release after an error failed: %s", got.lease_id, exc)
+            raise
+        self.release(got.container_id, got.lease_id)
 
 
 def lease_json(lease: Lease) -> dict[str, Any]:

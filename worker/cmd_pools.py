@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
@@ -58,8 +58,13 @@ def public_url(url: str | None) -> str | None:
     if not url:
         return url
     parts = urlsplit(url)
+    if parts.query:  # redis-py also takes ?password=… in the query
+        query = "&".join(
+            f"{k}=***" if k.lower() in ("password", "pass") else f"{k}={v}" for k, v in parse_qsl(parts.query)
+        )
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     netloc = parts.hostname or ""
     if parts.username:
         netloc = f"{parts.username}:***@{netloc}"
@@ -129,9 +134,11 @@ def harvest(
 ) -> None:
     """Copy a container's outputs to durable storage now (in this process)."""
     from hearth.operations import Operations
+    from worker.cmd_fill import harvest_progress
 
     with _runtime() as rt:
-        report = Operations(rt).harvest(container_id, to=to)
+        with harvest_progress(rt, show=not as_json and out.is_terminal):  # a byte bar on a terminal
+            report = Operations(rt).harvest(container_id, to=to)
         data = {"container_id": container_id, "target": report.target, "files": report.files,
                 "bytes": report.bytes, "already": report.already, "skipped": report.skipped,
                 "failures": report.failures, "expired": report.expired}
@@ -179,6 +186,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             "backend": rt.settings.backend.value,
             "redis_url": public_url(rt.settings.resolved_redis_url),
             "heartbeat": beat,
+            "pools_file": str(rt.settings.pools),
+            "pools_error": rt.pools_error,
             "pools": {
                 p.pool: {
                     "desired": p.desired_ready,
@@ -192,6 +201,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "breaker_reason": p.breaker_reason,
                     "draining": p.draining,
                     "next_schedule_change": p.next_schedule_change,
+                    "error": p.error,
                 }
                 for p in plans
             },
@@ -222,12 +232,17 @@ def gc(
         plans = Planner(rt).plan(remote=Planner(rt).remote())
         orphans = [a for p in plans for a in p.actions if isinstance(a, DeleteOrphan)]
         done = [] if dry_run else [Operations(rt).delete_orphan(o.container_id, o.name).to_json() for o in orphans]
+        deleted = [d for d in done if d["state"] == "GONE"]
         if as_json:
-            _print_json({"orphans": [o.to_json() for o in orphans], "deleted": done, "dry_run": dry_run})
-        else:
+            _print_json({"orphans": [o.to_json() for o in orphans], "deleted": deleted, "dry_run": dry_run})
+        elif dry_run:
             for o in orphans:
-                out.print(f"{'would delete' if dry_run else 'deleted'} {o.container_id} ({o.name})")
+                out.print(f"would delete {o.container_id} ({o.name})")
             out.print(f"{len(orphans)} orphan(s)")
+        else:
+            for d in done:
+                out.print(f"{'deleted' if d['state'] == 'GONE' else 'kept (' + d['detail'] + ')'} {d['name']}")
+            out.print(f"{len(deleted)} orphan(s) deleted")
 
 
 def drain(

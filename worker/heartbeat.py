@@ -61,8 +61,16 @@ class Heartbeat:
         self.rt.store.beat(f"heartbeat:{self.identity}", settings.heartbeat_interval * 3, leader=leading)
         if not leading:
             return
+        started = self.rt.clock.now()
+        try:
+            self._lead(started)
+        except Exception:
+            self.rt.observer.tick(self.rt.clock.now() - started, False)
+            log.exception("heartbeat: tick failed")
+
+    def _lead(self, started: float) -> None:
+        settings = self.rt.settings
         with monitored_tick(interval_seconds=settings.heartbeat_interval):
-            started = self.rt.clock.now()
             remote: list[RemoteContainer] | None = None
             if self.ticks % ORPHAN_SCAN_EVERY == 0:
                 try:

@@ -171,7 +171,6 @@ def test_two_heartbeats_create_no_more_than_one(
         for b in beats:
             b.stop()
         other.close()
-    assert sum(b.leader.epoch is not None or b.ticks > 0 for b in beats) >= 1
     assert sum(1 for b in beats if b.ticks > 0) == 1  # only the leader ever planned
     assert len(ours(sdk(local_api))) == 3
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.celery",
     "tests.fixtures.localapi",
     "tests.fixtures.s3",
+    "tests.fixtures.pools",
 ]

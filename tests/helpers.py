@@ -1,0 +1,97 @@
+"""Small helpers the integration and end-to-end tests share (no fixtures here: see tests/fixtures/pools.py).
+
+``until`` polls a condition (optionally stepping the system, e.g. one heartbeat tick, each round);
+``sdk`` is the official ``openai`` client pointed at a local API, the independent view of what exists
+on the server; ``celery_enqueue`` and ``inline_enqueue`` are the two ways a test hands an Applier's
+actions to workers: a real Celery worker, or the test's own Runtime (deterministic, same clock).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+from celery import Celery
+
+from hearth.clock import OffsetClock
+from hearth.operations import Operations
+from hearth.planner import Enqueue
+from hearth.runtime import Runtime
+from tests.fixtures.localapi import LocalAPI
+
+
+def until(predicate: Callable[[], Any], *, timeout: float = 60.0, step: Callable[[], object] | None = None,
+          what: str = "condition", pause: float = 0.3) -> Any:
+    """Poll ``predicate`` (after ``step``, if given) until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if step is not None:
+            step()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:.0f} s")
+        time.sleep(pause)
+
+
+def sdk(local_api: LocalAPI) -> openai.OpenAI:
+    """The official SDK against the local API (no retries: a test wants to see every answer)."""
+    return openai.OpenAI(base_url=local_api.base_url, api_key=local_api.api_key or "unused", max_retries=0)
+
+
+def remote_names(client: openai.OpenAI, prefix: str) -> dict[str, str]:
+    """Container id -> name of every container on the server whose name starts with ``prefix``."""
+    return {c.id: c.name for c in client.containers.list(limit=100) if c.name.startswith(prefix)}
+
+
+def advance_both(local_api: LocalAPI, clock: OffsetClock, seconds: float) -> None:
+    """Move the server's clock and Hearth's together, so both see the same "later"."""
+    local_api.advance_clock(seconds)
+    clock.advance(seconds)
+
+
+def celery_enqueue(app: Celery) -> Enqueue:
+    """Hand actions to real worker processes, by task name."""
+    def send(name: str, args: list[Any]) -> None:
+        app.send_task(name, args=args)
+
+    return send
+
+
+def inline_enqueue(rt: Runtime, calls: list[tuple[str, list[Any]]] | None = None) -> Enqueue:
+    """Run each action's operation right away in this process, on ``rt`` (and its clock).
+
+    Deterministic: when ``apply`` returns, the work is done. ``calls`` (if given) records every
+    enqueue. Temporary errors are swallowed, as a worker would retry them later (the next tick sees
+    where the record stands).
+    """
+    from hearth.errors import HearthError
+
+    def run(name: str, args: list[Any]) -> None:
+        if calls is not None:
+            calls.append((name, list(args)))
+        ops = Operations(rt)
+        table: dict[str, Callable[..., object]] = {
+            "hearth.provision": ops.provision,
+            "hearth.refresh": ops.refresh,
+            "hearth.retire": ops.retire,
+            "hearth.adopt": ops.adopt,
+            "hearth.delete_orphan": ops.delete_orphan,
+            "hearth.harvest": ops.harvest,
+        }
+        fn = table[name]
+        try:
+            fn(*args)
+        except HearthError as exc:
+            if not exc.temporary:
+                raise
+
+    return run
+
+
+def recording_enqueue(calls: list[tuple[str, list[Any]]]) -> Enqueue:
+    """Only record what would be enqueued (nothing runs)."""
+    return lambda name, args: calls.append((name, list(args)))

@@ -146,6 +146,7 @@ class Operations:
             State.CREATING,
             State.SEEDING,
             container_id=existing.id,
+            bound_at=self.clock.now(),
             deadline=self._deadline(existing, record),
         )
 
@@ -288,7 +289,7 @@ class Operations:
             self.store.forget(name, states=State.CREATING)
             return Outcome(name, "adopt", None, "never created: intent forgotten")
         self.store.transition(name, State.CREATING, State.SEEDING, container_id=found.id,
-                              deadline=self._deadline(found, record))
+                              bound_at=self.clock.now(), deadline=self._deadline(found, record))
         return self.provision(name)
 
     def delete_orphan(self, container_id: str, name: str) -> Outcome:

@@ -124,6 +124,8 @@ class ContainerRecord(BaseModel):
     lease_count: Annotated[int, Field(ge=0)] = 0
     # harvest
     last_harvest_at: OptStamp = None
+    # when container_id was set (the container is known to exist from then on)
+    bound_at: OptStamp = None
     # failed harvest attempts while retiring: bounded, so one unreadable file cannot keep a container forever
     harvest_attempts: Annotated[int, Field(ge=0)] = 0
 

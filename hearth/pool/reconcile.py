@@ -229,7 +229,8 @@ def _remote_problem(
     if seen is None:
         # A container created after the listing was taken is not in it yet: only trust absence
         # for records older than the orphan grace.
-        return "missing" if now - record.created_at > desired.orphan_grace else None
+        # (bound_at: when we learned the id; an intent can wait in the queue far longer than the grace)
+        return "missing" if now - (record.bound_at or record.created_at) > desired.orphan_grace else None
     if seen.status != USABLE_REMOTE_STATUS:
         return f"remote-{seen.status}"[:40]
     return None

@@ -226,6 +226,16 @@ def test_the_remote_listing_reveals_lost_and_expired_containers() -> None:
     }
 
 
+def test_an_old_intent_bound_just_now_is_not_missing_from_an_older_listing() -> None:
+    # The provision waited in the queue longer than the grace; its container exists but the
+    # listing was taken before it was created: not "missing", no churn.
+    late = rec("late", created_at=NOW - 1000, bound_at=NOW - 5)
+    actions = reconcile(desired(min_ready=1, orphan_grace=300), [late], NOW, remote=[])
+    assert not of(actions, Retire)
+    lost = rec("lost", created_at=NOW - 1000, bound_at=NOW - 400)
+    assert of(reconcile(desired(min_ready=1, orphan_grace=300), [lost], NOW, remote=[]), Retire)
+
+
 def test_orphans_are_ours_unowned_and_older_than_the_grace() -> None:
     owned = rec("hearth-py-own1")
     remote = [

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_config",
     "worker.cmd_up",
     "worker.cmd_session",
+    "worker.cmd_fill",
 )
 
 

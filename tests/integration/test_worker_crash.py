@@ -63,8 +63,9 @@ def env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
         "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
         "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
         "HEARTH_DATA_DIR": str(tmp_path / "data"),
-        # The killed worker's unacked retire is redelivered 10 s after delivery (plus one sweep).
-        "HEARTH_TASK_VISIBILITY_TIMEOUT": "10",
+        # The killed worker's unacked retire is redelivered 15 s after delivery (plus one 3 s sweep):
+        # well past the few seconds the first worker harvests before the kill, so it never runs twice.
+        "HEARTH_TASK_VISIBILITY_TIMEOUT": "15",
     }
 
 
@@ -97,9 +98,11 @@ def manifest_of(root: Path, container_id: str) -> tuple[Path, dict[str, Any]] | 
     return None
 
 
+# Killed with the big file still to copy, and with it already saved (then it must not be copied again).
+@pytest.mark.parametrize("kill_after", [1, 3], ids=["before-big-file", "after-big-file"])
 def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
     runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
-    local_api: LocalAPI, tmp_path: Path,
+    local_api: LocalAPI, tmp_path: Path, kill_after: int,
 ) -> None:
     worker = start_worker(env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
@@ -127,7 +130,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
         if found is None:
             return False
         seen["doc"] = found[1]
-        return 1 <= len(found[1]["files"]) < len(FILES)
+        return kill_after <= len(found[1]["files"]) < len(FILES)
 
     until(partly_harvested, timeout=60, poll=0.05)
     worker.kill()
@@ -138,7 +141,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
     found = manifest_of(root, lease.container_id)
     assert found is not None
     target, doc = found
-    assert 1 <= len(doc["files"]) < len(FILES)
+    assert kill_after <= len(doc["files"]) < len(FILES)
     record = runtime.store.by_container_id(lease.container_id)
     assert record is not None and record.state is State.HARVESTING
     client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)

@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hearth.api.models import Container, CreateContainerRequest
+from hearth.api.models import Container, ContainerFile, CreateContainerRequest
 from hearth.errors import APIError, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
 from hearth.events import log_event, redact_text
 from hearth.files.harvest import HarvestPolicy, HarvestReport
-from hearth.files.inputs import split_file_ids, sync_inputs
+from hearth.files.inputs import InputItem, glob_literal, input_paths, split_file_ids, sync_inputs
 from hearth.files.storage import StorageTarget
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
@@ -63,6 +63,23 @@ def harvest_policy(outputs: OutputRules) -> HarvestPolicy:
         exclude=tuple(outputs.exclude),
         max_file_bytes=outputs.max_file_bytes,
         max_container_bytes=outputs.max_container_bytes,
+    )
+
+
+def all_but_inputs_policy(rt: Runtime, pool: str, files: list[ContainerFile]) -> HarvestPolicy:
+    """The pool's harvest rules over every source (outputs and the app's uploads), minus the pool's
+    own inputs: what a session or a reused container holds that is worth keeping."""
+    outputs = OutputRules()
+    items: list[InputItem] = []
+    with contextlib.suppress(ConfigError):
+        spec = rt.pool(pool)
+        outputs = spec.outputs
+        items, _ = rt.inputs(spec)
+    base = harvest_policy(outputs)
+    skip = tuple(glob_literal(p) for p in input_paths(files, items))
+    return HarvestPolicy(
+        source="any", include=base.include, exclude=base.exclude + skip, max_file_bytes=base.max_file_bytes,
+        max_container_bytes=base.max_container_bytes, attempts=base.attempts,
     )
 
 
@@ -205,13 +222,11 @@ class Operations:
         if record is not None and record.session_key_hash:
             # A session's container holds the app's uploads too, and a later lease restores them:
             # harvest every source but the pool's inputs, whoever triggers the harvest.
-            from hearth.sessions import Sessions  # sessions builds on this module
-
             try:
                 files = list(self.client.list_files(container_id, order="asc"))
             except (ContainerExpired, NotFound):
                 files = []
-            policy = Sessions(self.rt, lambda name, args: None).policy(record.pool, files)
+            policy = all_but_inputs_policy(self.rt, record.pool, files)
         report = self.rt.harvester.harvest(container_id, target, policy, pool=pool, lease_id=lease_id)
         if record is not None:
             with contextlib.suppress(Conflict):
@@ -244,6 +259,36 @@ class Operations:
             self.rt.observer.event("container.retired", pool=record.pool, container_id=record.container_id)
             return Outcome(name, "retire", State.GONE.value)
         return Outcome(name, "retire", record.state.value, "not retirable now")
+
+    def recycle(self, name: str) -> Outcome:
+        """A container released with ``reuse``: save what the lessee left, remove it, back to READY.
+
+        The next lessee gets the pool's inputs only, never the previous lessee's files.
+        """
+        record = self.store.get(name)
+        if record is None or record.state is not State.HARVESTING or record.container_id is None:
+            return Outcome(name, "recycle", record.state.value if record else None, "nothing to do")
+        cid = record.container_id
+        try:
+            if self._wants_harvest(record):
+                self._harvest_before_delete(record)
+            files = list(self.client.list_files(cid, order="asc"))
+            keep = set(input_paths(files, self.rt.inputs(self.rt.pool(record.pool))[0]))
+            for f in files:
+                if f.path.removeprefix("/mnt/data/") not in keep:
+                    with contextlib.suppress(NotFound):
+                        self.client.delete_file(cid, f.id)
+            container = self.client.retrieve_container(cid)
+        except (ContainerExpired, NotFound, ConfigError) as exc:
+            # Gone, expired, or its pool left the file: not reusable, retire it instead.
+            self.store.transition(name, State.HARVESTING, State.DELETING, error=f"recycle: {reason(exc)}")
+            return self.retire(name)
+        ready = self.store.transition(
+            name, State.HARVESTING, State.READY, deadline=self._deadline(container, record),
+            lease_id=None, token=None, lease_expires_at=None, leased_at=None, holder=None, session_key_hash=None,
+        )
+        log_event(log, "container.recycled", pool=record.pool, name=name, container_id=cid)
+        return Outcome(name, "recycle", ready.state.value, cid)
 
     def _harvest_before_delete(self, record: ContainerRecord) -> None:
         """Harvest, or raise a temporary error so the task retries while the files are still there.

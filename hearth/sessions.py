@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,10 +49,10 @@ from hearth.errors import (
 )
 from hearth.events import log_event
 from hearth.files.harvest import HarvestPolicy, HarvestReport
-from hearth.files.inputs import InputItem
+from hearth.files.inputs import restore_name
 from hearth.files.manifest import MANIFEST_KEY, Manifest, ManifestEntry
 from hearth.files.storage import StorageTarget
-from hearth.operations import harvest_policy, harvest_template
+from hearth.operations import all_but_inputs_policy, harvest_template
 from hearth.pool.leases import Lease
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
@@ -64,8 +63,6 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, list[Any]], None]
 
 _HASH_CONTEXT = b"hearth-session\x00"
-_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{32}-(?=.)")
-_GLOB_SPECIAL = re.compile(r"([*?\[])")
 MAX_DAYS_SEARCHED = 31  # how many days of {date} targets a restore looks through
 
 
@@ -74,29 +71,6 @@ def session_hash(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError("a session key is a non-empty string")
     return hashlib.sha256(_HASH_CONTEXT + key.encode("utf-8")).hexdigest()[:32]
-
-
-def restore_name(container_path: str) -> str:
-    """The name a file gets back on restore: its base name, without an upload's 32-hex prefix."""
-    base = container_path.rstrip("/").rsplit("/", 1)[-1]
-    return _UPLOAD_PREFIX.sub("", base, count=1) or base
-
-
-def _glob_literal(path: str) -> str:
-    return _GLOB_SPECIAL.sub(r"[\1]", path)
-
-
-def input_paths(files: list[ContainerFile], items: list[InputItem]) -> list[str]:
-    """Container paths (relative to /mnt/data) of the pool's inputs: uploads named and sized like one."""
-    sizes: dict[str, int | None] = {i.dest_name: i.size for i in items if i.dest_name}
-    out: list[str] = []
-    for f in files:
-        if f.source == "assistant" or not f.path.startswith("/mnt/data/"):
-            continue
-        name = restore_name(f.path)
-        if name in sizes and (sizes[name] is None or f.bytes is None or sizes[name] == f.bytes):
-            out.append(f.path[len("/mnt/data/") :])
-    return out
 
 
 class SessionContainer(BaseModel):
@@ -404,15 +378,7 @@ class Sessions:
 
     def policy(self, pool: str, files: list[ContainerFile]) -> HarvestPolicy:
         """The pool's harvest rules, but every source, and never the pool's own inputs."""
-        base = harvest_policy(self._outputs(pool))
-        items: list[InputItem] = []
-        with contextlib.suppress(ConfigError):
-            items, _ = self.rt.inputs(self.rt.pool(pool))
-        skip = tuple(_glob_literal(p) for p in input_paths(files, items))
-        return HarvestPolicy(
-            source="any", include=base.include, exclude=base.exclude + skip, max_file_bytes=base.max_file_bytes,
-            max_container_bytes=base.max_container_bytes, attempts=base.attempts,
-        )
+        return all_but_inputs_policy(self.rt, pool, files)
 
     def harvest_current(self, rec: SessionRecord) -> HarvestReport | None:
         """Copy the session container's files (outputs and uploads) to its recorded target."""

@@ -75,6 +75,12 @@ def retire(self: Task, name: str) -> dict[str, Any]:
     return run(self, lambda: Operations(current_runtime()).retire(name).to_json())
 
 
+@shared_task(name="hearth.recycle", **COMMON)
+def recycle(self: Task, name: str) -> dict[str, Any]:
+    """A container released for reuse: harvest, remove the lessee's files, back to READY."""
+    return run(self, lambda: Operations(current_runtime()).recycle(name).to_json())
+
+
 @shared_task(name="hearth.adopt", **COMMON)
 def adopt(self: Task, name: str) -> dict[str, Any]:
     return run(self, lambda: Operations(current_runtime()).adopt(name).to_json())

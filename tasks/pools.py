@@ -24,7 +24,6 @@ from celery import Celery
 from hearth.errors import ConfigError, HearthError, PoolEmpty
 from hearth.events import log_event
 from hearth.pool.leases import Lease, ReleasedLease
-from hearth.pool.model import State
 from hearth.runtime import Runtime
 from settings import Settings
 from tasks.app import create_app
@@ -92,11 +91,10 @@ class HearthPools:
             rules = self.rt.pool(record.pool)
         if reuse is None:
             reuse = rules is not None and rules.lease.on_release == "reuse"
-        released = self.rt.leases.release(container_id, lease_id, reuse=reuse)
-        if released.state is State.HARVESTING:
-            self.celery.send_task("hearth.retire", args=[released.name])
-        elif rules is None or rules.outputs.on_release:
-            self.celery.send_task("hearth.harvest", args=[container_id])
+        # Both ways go through HARVESTING: a reused container is harvested and cleaned (recycle)
+        # before the next lessee can take it, never handed over with the last lessee's files.
+        released = self.rt.leases.release(container_id, lease_id, reuse=False)
+        self.celery.send_task("hearth.recycle" if reuse else "hearth.retire", args=[released.name])
         log_event(log, "lease.released", pool=released.pool, container_id=container_id, lease_id=lease_id)
         return released
 

@@ -37,7 +37,7 @@ from hearth.api.models import (
     FileObject,
 )
 from hearth.api.retry import RetryPolicy
-from hearth.api.transfer import CHUNK, Download, MultipartUpload, RewindableSink, UploadSource, copy_to_sink
+from hearth.api.transfer import Download, MultipartUpload, RewindableSink, UploadSource, copy_to_sink
 from hearth.clock import Clock, SystemClock
 from hearth.errors import ConfigError, HearthError, MalformedResponse, NotFound, TransportError
 from hearth.events import Observer
@@ -191,10 +191,10 @@ class ContainersClient:
             return Slot(None, "", self._clock.now())
         return self._limiter.acquire()
 
-    def _renewer(self, slot: Slot) -> Callable[[int], None]:
-        """A per-chunk callback that keeps a long transfer's limiter lease alive."""
+    def _renewer(self, slot: Slot) -> Callable[[int], None] | None:
+        """A per-chunk callback that keeps a long transfer's limiter lease alive (None: no limiter)."""
         if self._limiter is None:
-            return lambda n: None
+            return None
         every = self._limiter.lease_ttl / 3
         last = [self._clock.now()]
 
@@ -357,7 +357,9 @@ class ContainersClient:
             with self._slot() as slot:
                 response = self._send("GET", path, what, stream=True)
                 try:
-                    return copy_to_sink(response.iter_bytes(CHUNK), target, on_chunk=self._renewer(slot))
+                    # No chunk size: pieces as the socket delivers them (64 KiB), not re-chunked
+                    # into 1 MiB by httpx, which copies every byte once more (issue 3's gap).
+                    return copy_to_sink(response.iter_bytes(), target, on_chunk=self._renewer(slot))
                 except httpx.HTTPError as exc:
                     raise TransportError(f"{what}: {type(exc).__name__} after {target.written} bytes") from exc
                 finally:

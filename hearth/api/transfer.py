@@ -152,6 +152,18 @@ class RewindableSink:
     def rewindable(self) -> bool:
         return self.written == 0 or self._start is not None
 
+    def write(self, chunk: bytes) -> None:
+        """Write all of ``chunk``: a raw (unbuffered) sink may take fewer bytes than offered."""
+        n = self.sink.write(chunk)
+        if n is not None and n < len(chunk):
+            view = memoryview(chunk)
+            while n < len(chunk):
+                more = self.sink.write(view[n:])
+                if not more:
+                    raise OSError(f"sink accepted {n} of {len(chunk)} bytes")
+                n += more
+        self.written += len(chunk)
+
     def rewind(self) -> None:
         if self.written == 0:
             return
@@ -163,30 +175,58 @@ class RewindableSink:
 
 
 class _Hasher:
-    """sha256 in a helper thread: hashlib releases the GIL, so hashing overlaps the socket reads.
+    """sha256 of a download, moved to a helper thread once the download proves big.
 
-    The queue is bounded (``depth`` chunks), so memory stays constant however slow hashing is.
+    sha256 (about 4 ms per MiB on a CPU without SHA extensions) costs more than receiving the
+    bytes does, so on a fast link it sets the pace. hashlib releases the GIL, so a helper thread
+    lets hashing overlap the socket reads when a core is free. The thread is started only after
+    the first ``batch`` bytes: most downloads are small and are hashed inline, with no thread.
+    Pieces are handed over in lists of about ``batch`` bytes, so the queue is touched once per
+    MiB rather than once per 64 KiB socket read; the queue holds at most ``depth`` lists, so
+    memory stays bounded (about ``depth`` x ``batch``) however slow hashing is.
     """
 
-    def __init__(self, depth: int = 8) -> None:
+    def __init__(self, *, batch: int = CHUNK, depth: int = 8) -> None:
         self.digest = hashlib.sha256()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._t = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._t.start()
+        self._batch = batch
+        self._depth = depth
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._q: queue.Queue[list[bytes] | None] | None = None
+        self._t: threading.Thread | None = None
 
     def _run(self) -> None:
-        while (chunk := self._q.get()) is not None:
-            self.digest.update(chunk)
+        assert self._q is not None
+        update = self.digest.update
+        while (pieces := self._q.get()) is not None:
+            for piece in pieces:
+                update(piece)
 
     def update(self, chunk: bytes) -> None:
-        self._q.put(chunk)
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= self._batch:
+            if self._q is None:
+                self._q = queue.Queue(maxsize=self._depth)
+                self._t = threading.Thread(target=self._run, name="sha256", daemon=True)
+                self._t.start()
+            self._q.put(self._pending)
+            self._pending = []
+            self._pending_bytes = 0
 
     def hexdigest(self) -> str:
+        if self._q is None:
+            for piece in self._pending:
+                self.digest.update(piece)
+        elif self._pending:
+            self._q.put(self._pending)
+        self._pending = []
         self.close()
         return self.digest.hexdigest()
 
     def close(self) -> None:
-        if self._t.is_alive():
+        if self._t is not None and self._t.is_alive():
+            assert self._q is not None
             self._q.put(None)
             self._t.join()
 
@@ -194,19 +234,22 @@ class _Hasher:
 def copy_to_sink(
     chunks: Iterable[bytes], sink: RewindableSink, on_chunk: Callable[[int], None] | None = None
 ) -> Download:
-    """Write ``chunks`` into ``sink``, hashing on the way (in a helper thread)."""
+    """Write ``chunks`` into ``sink``, hashing exactly what was written.
+
+    ``chunks`` are best taken as the transport delivers them (``response.iter_bytes()`` without a
+    chunk size): re-chunking them into fixed sizes copies every byte once more for nothing.
+    """
     digest = _Hasher()
     total = 0
     try:
         for chunk in chunks:
             if not chunk:
                 continue
-            sink.sink.write(chunk)
-            sink.written += len(chunk)
+            sink.write(chunk)
             digest.update(chunk)
             total += len(chunk)
             if on_chunk is not None:
                 on_chunk(len(chunk))
+        return Download(bytes=total, sha256=digest.hexdigest())
     finally:
         digest.close()
-    return Download(bytes=total, sha256=digest.hexdigest())

@@ -286,3 +286,32 @@ def sync_inputs(
     if missing:
         raise InputsIncomplete(f"container {container_id} lacks inputs after sync: {', '.join(missing)}")
     return found
+
+
+# --- which container files are inputs ---------------------------------------------------
+
+_UPLOAD_NAME_PREFIX = re.compile(r"^[0-9a-f]{32}-(?=.)")
+_GLOB_SPECIAL = re.compile(r"([*?\[])")
+
+
+def restore_name(container_path: str) -> str:
+    """The name a file gets back on restore: its base name, without an upload's 32-hex prefix."""
+    base = container_path.rstrip("/").rsplit("/", 1)[-1]
+    return _UPLOAD_NAME_PREFIX.sub("", base, count=1) or base
+
+
+def glob_literal(path: str) -> str:
+    return _GLOB_SPECIAL.sub(r"[\1]", path)
+
+
+def input_paths(files: list[ContainerFile], items: list[InputItem]) -> list[str]:
+    """Container paths (relative to /mnt/data) of the pool's inputs: uploads named and sized like one."""
+    sizes: dict[str, int | None] = {i.dest_name: i.size for i in items if i.dest_name}
+    out: list[str] = []
+    for f in files:
+        if f.source == "assistant" or not f.path.startswith("/mnt/data/"):
+            continue
+        name = restore_name(f.path)
+        if name in sizes and (sizes[name] is None or f.bytes is None or sizes[name] == f.bytes):
+            out.append(f.path[len("/mnt/data/") :])
+    return out

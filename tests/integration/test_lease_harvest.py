@@ -153,3 +153,45 @@ def test_harvest_due_rules() -> None:
     assert harvest_due(pool, [rec(deadline=now + 100, last_harvest_at=now - 10)], now) == []
     # Only leased containers.
     assert harvest_due(pool, [rec(state=State.READY, deadline=now + 100)], now) == []
+
+
+REUSE_POOLS = """
+version: 1
+pools:
+  beta:
+    min_ready: 1
+    max_total: 1
+    container: {expires_after_minutes: 10}
+    inputs: [{path: inputs/data.csv}]
+    lease: {ttl_seconds: 600, on_release: reuse}
+"""
+
+
+def test_a_reused_container_is_harvested_and_cleaned_before_the_next_lease(
+    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    local_api: LocalAPI, tmp_path: Path,
+) -> None:
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "data.csv").write_text("a,b\n1,2\n")
+    Path(env["HEARTH_POOLS"]).write_text(REUSE_POOLS)
+    start_worker(env)
+    send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
+    until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
+
+    from tasks.pools import HearthPools
+
+    pools = HearthPools(runtime, celery_app)
+    first = pools.lease("beta")
+    local_api.write_assistant_file(first.container_id, "/mnt/data/secret-of-app-a.txt", b"app A's output")
+    pools.release(first.container_id, first.lease_id)
+
+    # Back to READY, same container: the next lessee gets it with the inputs only.
+    until(lambda: [r.container_id for r in runtime.store.records("beta", State.READY)] == [first.container_id])
+    assert harvested(tmp_path / "harvest", "secret-of-app-a.txt")[0].read_bytes() == b"app A's output"
+    client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
+    files = client.containers.files.list(first.container_id)
+    names = sorted(f.path.rsplit("/", 1)[-1].split("-", 1)[-1] for f in files)
+    assert names == ["data.csv"]
+    second = pools.lease("beta")
+    assert second.container_id == first.container_id and second.lease_id != first.lease_id
+    assert second.token > first.token

@@ -6,16 +6,8 @@ import pytest
 
 from hearth.api.models import ContainerFile
 from hearth.files.globs import selected
-from hearth.files.inputs import InputItem
-from hearth.sessions import (
-    SessionContainer,
-    SessionLease,
-    SessionRecord,
-    _glob_literal,
-    input_paths,
-    restore_name,
-    session_hash,
-)
+from hearth.files.inputs import InputItem, glob_literal, input_paths, restore_name
+from hearth.sessions import SessionContainer, SessionLease, SessionRecord, session_hash
 
 
 def test_session_hash_is_stable_short_and_hides_the_key() -> None:
@@ -57,7 +49,7 @@ def test_input_paths_are_uploads_named_and_sized_like_an_input() -> None:
     ]
     found = input_paths(files, items)
     assert found == ["0" * 32 + "-a.csv", "1" * 32 + "-h[1].py"]
-    excludes = [_glob_literal(p) for p in found]
+    excludes = [glob_literal(p) for p in found]
     assert not selected("1" * 32 + "-h[1].py", (), excludes)  # glob characters are taken literally
     assert not selected("0" * 32 + "-a.csv", (), excludes)
     assert selected("1" * 32 + "-h1.py", (), excludes)

@@ -11,9 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 from settings import Settings
 
+DEFAULT_QUEUE = "hearth"
+KEEPALIVE_QUEUE = "hearth.keepalive"
+KEEPALIVE_TASKS = ("hearth.refresh", "hearth.harvest", "hearth.session_harvest")
 TASK_MODULES = ("tasks.ops", "tasks.sessions")
 
 
@@ -70,6 +74,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # Keepalive work (refresh, harvest) has its own queue so it never waits behind a big fill:
+        # a worker consumes both (the declared queues), and takes from them in turn.
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queues": (Queue(DEFAULT_QUEUE), Queue(KEEPALIVE_QUEUE)),
+        "task_routes": {name: {"queue": KEEPALIVE_QUEUE} for name in KEEPALIVE_TASKS},
     }
 
 

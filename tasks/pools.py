@@ -21,9 +21,10 @@ from typing import Any
 
 from celery import Celery
 
-from hearth.errors import ConfigError, HearthError, PoolEmpty
+from hearth.errors import ConfigError, HearthError, LeaseError, PoolEmpty
 from hearth.events import log_event
 from hearth.pool.leases import Lease, ReleasedLease
+from hearth.pool.model import State
 from hearth.runtime import Runtime
 from settings import Settings
 from tasks.app import create_app
@@ -93,7 +94,15 @@ class HearthPools:
             reuse = rules is not None and rules.lease.on_release == "reuse"
         # Both ways go through HARVESTING: a reused container is harvested and cleaned (recycle)
         # before the next lessee can take it, never handed over with the last lessee's files.
-        released = self.rt.leases.release(container_id, lease_id, reuse=False)
+        try:
+            released = self.rt.leases.release(container_id, lease_id, reuse=False)
+        except LeaseError:
+            # A retried release whose first answer was lost: already on its way, say so again.
+            again = self.rt.store.by_container_id(container_id)
+            if again is None or again.lease_id != lease_id or again.state not in (State.HARVESTING, State.DELETING):
+                raise
+            return ReleasedLease(pool=again.pool, name=again.name, container_id=container_id, lease_id=lease_id,
+                                 token=again.token, state=again.state)
         self.celery.send_task("hearth.recycle" if reuse else "hearth.retire", args=[released.name])
         log_event(log, "lease.released", pool=released.pool, container_id=container_id, lease_id=lease_id)
         return released

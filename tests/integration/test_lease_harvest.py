@@ -101,6 +101,26 @@ def test_lease_and_release_tasks_by_name_harvest_and_retire(
         celery_app.send_task("hearth.release", args=[lease["container_id"], lease["lease_id"]]).get(timeout=30)
 
 
+def test_a_retried_release_is_answered_again_and_a_wrong_lease_is_refused(
+    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+) -> None:
+    worker = start_worker(env)
+    send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
+    until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
+    worker.stop()  # the retire stays queued: the release's state is stable while we look at it
+
+    from hearth.errors import LeaseError
+    from tasks.pools import HearthPools
+
+    pools = HearthPools(runtime, celery_app)
+    lease = pools.lease("beta")
+    first = pools.release(lease.container_id, lease.lease_id)
+    again = pools.release(lease.container_id, lease.lease_id)  # the first answer was "lost"
+    assert first.state is State.HARVESTING and again.state is State.HARVESTING and again.name == first.name
+    with pytest.raises(LeaseError):
+        pools.release(lease.container_id, "not-the-lease")
+
+
 def test_files_written_just_before_a_leased_containers_deadline_are_saved_before_it_expires(
     runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
     local_api: LocalAPI, clock: OffsetClock, tmp_path: Path,

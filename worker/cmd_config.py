@@ -74,7 +74,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check a pools file: every problem with file, line, pool and field (exit 1), or a summary per pool."""
-    path = file if file is not None else Settings().pools
+    path = file if file is not None else Settings().resolved_pools
     console = Console(highlight=False, soft_wrap=True)
     try:
         pools = load_pools(path)

@@ -186,7 +186,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             "backend": rt.settings.backend.value,
             "redis_url": public_url(rt.settings.resolved_redis_url),
             "heartbeat": beat,
-            "pools_file": str(rt.settings.pools),
+            "pools_file": str(rt.settings.resolved_pools),
             "pools_error": rt.pools_error,
             "pools": {
                 p.pool: {

@@ -30,7 +30,7 @@ def domain_secret_values(settings: Settings) -> list[str]:
     Best effort: a pools file that does not load yet is reported by the tasks that need it.
     """
     try:
-        pools = load_pools(Path(settings.pools))
+        pools = load_pools(Path(settings.resolved_pools))
     except (OSError, PoolsFileError):
         return []
     values: list[str] = []

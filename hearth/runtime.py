@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import fsspec
 import httpx
 import redis
 
@@ -38,7 +39,7 @@ class _PoolsCache:
     path: Path | None = None
     mtime: float = -1.0
     pools: PoolsFile | None = None
-    inputs: dict[str, tuple[tuple[tuple[str, float, int], ...], list[InputItem], str]] = field(default_factory=dict)
+    inputs: dict[str, tuple[tuple[tuple[str, str, int], ...], list[InputItem], str]] = field(default_factory=dict)
 
 
 class Runtime:
@@ -145,20 +146,35 @@ class Runtime:
         return items, digest
 
 
-def _stamp(specs: Sequence[object], base: Path) -> tuple[tuple[str, float, int], ...]:
-    """Cheap change detection for local inputs: (path, mtime, size) of every matching file."""
-    rows: list[tuple[str, float, int]] = []
+def _stamp(specs: Sequence[object], base: Path) -> tuple[tuple[str, str, int], ...]:
+    """Cheap change detection for inputs, so their content is re-hashed only when this changes:
+    (path, mtime, size) of local files, (url, etag or mtime, size) of storage URLs (one metadata
+    call, no download). A Files-API id names immutable content."""
+    rows: list[tuple[str, str, int]] = []
     for spec in specs:
-        raw = getattr(spec, "path", None)
+        raw, url = getattr(spec, "path", None), getattr(spec, "url", None)
+        if url is not None:
+            rows.append(_url_stamp(str(url)))
+            continue
         if raw is None:
-            rows.append((str(getattr(spec, "url", None) or getattr(spec, "file_id", None)), 0.0, 0))
+            rows.append((str(getattr(spec, "file_id", None)), "", 0))
             continue
         pattern = raw if Path(raw).is_absolute() else str(base / raw)
         for p in sorted(Path("/").glob(pattern.lstrip("/"))) if any(c in pattern for c in "*?[") else [Path(pattern)]:
             try:
                 st = p.stat()
             except OSError:
-                rows.append((str(p), -1.0, -1))
+                rows.append((str(p), "missing", -1))
                 continue
-            rows.append((str(p), st.st_mtime, st.st_size))
+            rows.append((str(p), repr(st.st_mtime), st.st_size))
     return tuple(rows)
+
+
+def _url_stamp(url: str) -> tuple[str, str, int]:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except Exception as exc:  # unreachable now: the resolve that follows reports it properly
+        return (url, f"error:{type(exc).__name__}", -1)
+    version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+    return (url, str(version), int(info.get("size") or 0))

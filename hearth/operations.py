@@ -16,7 +16,7 @@ from typing import Any
 from hearth.api.models import Container, ContainerFile, CreateContainerRequest
 from hearth.errors import APIError, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
 from hearth.events import log_event, redact_text
-from hearth.files.harvest import HarvestPolicy, HarvestReport
+from hearth.files.harvest import HarvestPolicy, HarvestReport, ProgressCallback
 from hearth.files.inputs import InputItem, glob_literal, input_paths, split_file_ids, sync_inputs
 from hearth.files.storage import StorageTarget
 from hearth.pool.model import ContainerRecord, State
@@ -203,7 +203,10 @@ class Operations:
 
     # --- harvest -----------------------------------------------------------------------------------
 
-    def harvest(self, container_id: str, *, to: str | None = None, lease_id: str | None = None) -> HarvestReport:
+    def harvest(
+        self, container_id: str, *, to: str | None = None, lease_id: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> HarvestReport:
         """Copy the container's outputs to storage (its pool's target, or ``to``)."""
         record = self.store.by_container_id(container_id)
         outputs = OutputRules()
@@ -227,7 +230,9 @@ class Operations:
             except (ContainerExpired, NotFound):
                 files = []
             policy = all_but_inputs_policy(self.rt, record.pool, files)
-        report = self.rt.harvester.harvest(container_id, target, policy, pool=pool, lease_id=lease_id)
+        report = self.rt.harvester.harvest(
+            container_id, target, policy, pool=pool, lease_id=lease_id, progress=progress
+        )
         if record is not None:
             with contextlib.suppress(Conflict):
                 self.store.update(

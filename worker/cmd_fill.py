@@ -39,8 +39,7 @@ from rich.progress import (
 )
 
 from hearth.errors import ConfigError
-from hearth.files.harvest import Harvester, HarvestPolicy, HarvestProgress, HarvestReport, ProgressCallback
-from hearth.files.storage import StorageTarget
+from hearth.files.harvest import HarvestProgress, ProgressCallback
 from hearth.runtime import Runtime
 from worker.cmd_pools import EXIT_FAILED, _runtime, err, out
 
@@ -173,32 +172,11 @@ def _watch(rt: Runtime, pool: str, timeout: float, nudge: Any, *, mode: str) -> 
 # --- harvest ---------------------------------------------------------------------------------------
 
 
-class _ReportingHarvester(Harvester):
-    """The runtime's harvester, with a progress callback added to every harvest it runs."""
-
-    def __init__(self, base: Harvester, progress: ProgressCallback) -> None:
-        super().__init__(base.client, base.clock, retry_delay=base.retry_delay, rehash=base.rehash)
-        self._progress = progress
-
-    def harvest(
-        self,
-        container_id: str,
-        target: StorageTarget,
-        policy: HarvestPolicy | None = None,
-        *,
-        pool: str | None = None,
-        lease_id: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> HarvestReport:
-        return super().harvest(container_id, target, policy, pool=pool, lease_id=lease_id,
-                               progress=progress or self._progress)
-
-
 @contextmanager
-def harvest_progress(rt: Runtime, *, show: bool, console: Console | None = None) -> Iterator[None]:
-    """While open, harvests run through ``rt`` draw a byte bar with transfer speed (when ``show``)."""
+def harvest_progress(*, show: bool, console: Console | None = None) -> Iterator[ProgressCallback | None]:
+    """A progress callback that draws a byte bar with transfer speed while open (None unless ``show``)."""
     if not show:
-        yield
+        yield None
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -212,13 +190,8 @@ def harvest_progress(rt: Runtime, *, show: bool, console: Console | None = None)
         bar.update(task, total=p.bytes_total, completed=p.bytes_done, description=name[:40],
                    files=f"{p.files_done}/{p.files_total} files")
 
-    original = rt.harvester
-    rt.harvester = _ReportingHarvester(original, report)
-    try:
-        with bar:
-            yield
-    finally:
-        rt.harvester = original
+    with bar:
+        yield report
 
 
 def register(app: typer.Typer) -> None:

@@ -137,8 +137,8 @@ def harvest(
     from worker.cmd_fill import harvest_progress
 
     with _runtime() as rt:
-        with harvest_progress(rt, show=not as_json and out.is_terminal):  # a byte bar on a terminal
-            report = Operations(rt).harvest(container_id, to=to)
+        with harvest_progress(show=not as_json and out.is_terminal) as progress:  # a byte bar on a terminal
+            report = Operations(rt).harvest(container_id, to=to, progress=progress)
         data = {"container_id": container_id, "target": report.target, "files": report.files,
                 "bytes": report.bytes, "already": report.already, "skipped": report.skipped,
                 "failures": report.failures, "expired": report.expired}

@@ -255,11 +255,14 @@ class Applier:
     """Makes each action visible in Redis, then enqueues its task. Safe to run on any replica."""
 
     def __init__(self, runtime: Runtime, enqueue: Enqueue, *, rng: random.Random | None = None,
-                 pending_ttl: float = 60.0) -> None:
+                 pending_ttl: float = 60.0, still_current: Callable[[], bool] | None = None) -> None:
         self.rt = runtime
         self.enqueue = enqueue
         self.rng = rng or random.Random()
         self.pending_ttl = pending_ttl
+        # Checked before every provision: a tick that outlived its lock (or its leader lease) must
+        # not fill a gap that a newer tick is filling too.
+        self.still_current = still_current or (lambda: True)
 
     def _once(self, kind: str, ref: str) -> bool:
         """True the first time within ``pending_ttl``: a task already queued is not queued again."""
@@ -283,6 +286,8 @@ class Applier:
         """Apply one action; ``seen`` is its record's state when planned (moves start only from it)."""
         store = self.rt.store
         if isinstance(action, Provision):
+            if not self.still_current():
+                raise Conflict("this tick lost its lock: leaving the provision to the current one")
             spec = self.rt.pool(action.pool)
             _, digest = self.rt.inputs(spec)
             for _ in range(action.count):
@@ -348,7 +353,8 @@ class Applier:
 
 
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
-         lock_ttl: float = 60.0, rng: random.Random | None = None) -> list[dict[str, Any]] | None:
+         lock_ttl: float = 60.0, rng: random.Random | None = None,
+         still_leader: Callable[[], bool] | None = None) -> list[dict[str, Any]] | None:
     """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
 
     The heartbeat leader and on-demand reconciles (``hearth.reconcile``, a lease waiting on an
@@ -360,7 +366,13 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
     if not runtime.redis.set(key, token, nx=True, px=int(lock_ttl * 1000)):
         return None
     try:
-        return Applier(runtime, enqueue, rng=rng).apply(Planner(runtime).plan(remote=remote))
+        def still_current() -> bool:
+            held = runtime.redis.get(key) == token.encode()
+            return held and (still_leader is None or still_leader())
+
+        return Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
+            Planner(runtime).plan(remote=remote)
+        )
     finally:
         # Release only our own lock (a tick that outlived lock_ttl must not free another's).
         runtime.redis.eval(

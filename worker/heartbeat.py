@@ -78,7 +78,7 @@ class Heartbeat:
                 except HearthError as exc:
                     log.warning("heartbeat: listing containers failed, reconciling from records: %s", exc)
             self.ticks += 1
-            applied = tick(self.rt, self.enqueue, remote=remote)
+            applied = tick(self.rt, self.enqueue, remote=remote, still_leader=lambda: self.leader.is_leader)
             self.rt.store.beat("heartbeat", settings.heartbeat_interval * 3, identity=self.identity,
                                applied=len(applied or []))
             self.rt.observer.tick(self.rt.clock.now() - started, True)

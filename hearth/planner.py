@@ -274,6 +274,8 @@ class Applier:
         for plan in plans:
             for action in plan.actions:
                 try:
+                    if isinstance(action, Provision):
+                        action = self._still_needed(action, plan)
                     if self._apply(action, plan.seen.get(getattr(action, "name", ""))):
                         done.append(action.to_json())
                 except (Conflict, LeaseError) as exc:
@@ -281,6 +283,15 @@ class Applier:
                 except HearthError as exc:
                     log.warning("could not apply %s: %s", action.kind, exc)
         return done
+
+    def _still_needed(self, action: Provision, plan: PoolPlan) -> Provision:
+        """The provision less what was provisioned since the plan was made (a stale or repeated plan
+        must not fill one gap twice), and never past ``max_total``."""
+        now = {r.name for r in self.rt.store.records(action.pool) if r.state is not State.GONE}
+        then = {name for name, state in plan.seen.items() if state is not State.GONE}
+        added = len(now - then)
+        room = plan.max_total - len(now) if plan.max_total else action.count
+        return Provision(pool=action.pool, count=max(0, min(action.count - added, room)))
 
     def _apply(self, action: Action, seen: State | None) -> bool:
         """Apply one action; ``seen`` is its record's state when planned (moves start only from it)."""

@@ -127,10 +127,6 @@ def test_applying_one_plan_twice_queues_each_refresh_and_harvest_once(
     })
 
 
-@pytest.mark.xfail(
-    reason="not in the B-list: Applier writes a new set of intents each time one Provision plan is applied",
-    strict=True,
-)
 def test_applying_one_provision_plan_twice_never_writes_more_intents_than_max_total(
     pools_env: PoolEnv, hearth_runtime: Runtime, local_api: LocalAPI
 ) -> None:

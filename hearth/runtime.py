@@ -7,6 +7,8 @@ here is a module global, so tests build as many as they like, with their own clo
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from hearth.pool.leases import Leases
 from hearth.pool.store import PoolStore
 from settings import Settings, load_pools
 from settings.pools import PoolsFile, PoolsFileError, PoolSpec
+from settings.pools_loader import parse_pools
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,18 +116,41 @@ class Runtime:
             try:
                 loaded = load_pools(path)
             except PoolsFileError as exc:
-                if cache.pools is None or cache.path != path:
+                # A bad edit must not stop keepalive: keep serving the last good file, and say so. A
+                # process that never saw this file valid (a fresh `hearth status`, a new worker) takes
+                # the last good version any process saved, so everyone agrees on what runs.
+                kept = cache.pools if cache.pools is not None and cache.path == path else None
+                fallback = kept or self._shared_last_good(path)
+                if fallback is None:
                     raise ConfigError(str(exc), where=str(path)) from None
-                # A bad edit must not stop keepalive: keep serving the last good file, and say so.
                 if self.pools_error is None:
                     log_event(log, "pools.reload_failed", level=logging.ERROR, path=str(path), error=str(exc))
                 self.pools_error = str(exc)
-                cache.mtime = mtime
-                return cache.pools
+                self._pools = _PoolsCache(path=path, mtime=mtime, pools=fallback, inputs=cache.inputs)
+                return fallback
             self._pools = _PoolsCache(path=path, mtime=mtime, pools=loaded)
             self.pools_error = None
+            self._save_last_good(path)
         assert self._pools.pools is not None
         return self._pools.pools
+
+    def _last_good_key(self, path: Path) -> str:
+        return self.store.key("pools", "last-good", hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16])
+
+    def _save_last_good(self, path: Path) -> None:
+        # The raw text (secrets are only ever `value_env` references, never values), best effort.
+        with contextlib.suppress(OSError, redis.RedisError):
+            self.redis.set(self._last_good_key(path), path.read_text(encoding="utf-8"))
+
+    def _shared_last_good(self, path: Path) -> PoolsFile | None:
+        try:
+            raw = self.redis.get(self._last_good_key(path))
+            if raw is None:
+                return None
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return parse_pools(text, file=f"{path} (last good)", base_dir=path.resolve().parent)
+        except (redis.RedisError, PoolsFileError):
+            return None
 
     def pool(self, name: str) -> PoolSpec:
         pools = self.pools().pools

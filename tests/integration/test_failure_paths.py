@@ -255,11 +255,6 @@ def test_an_invalid_edit_of_the_pools_file_keeps_the_last_good_one(
     assert rt.pool("alpha").max_total == 3 and rt.pools_error is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`hearth status` builds a fresh Runtime, which has no last good pools file to fall back on: an "
-           "invalid file makes it exit with a configuration error instead of showing pools_error",
-)
 def test_hearth_status_shows_pools_error_after_an_invalid_edit(pools_env: PoolEnv, hearth_runtime: Runtime) -> None:
     pools_env.write_input("inputs/alpha.txt", b"alpha\n")
     pools_env.write_input("inputs/beta.txt", b"beta\n")

@@ -40,6 +40,7 @@ from settings.pools import PoolSpec
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, list[Any]], None]
+DEFAULT_STUCK_TIMEOUT = 900.0  # harvest/delete work without progress this long is issued again, s
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class Planner:
             inputs_digest=digest,
             expires_minutes=expires,
             orphan_grace=self.rt.settings.orphan_grace,
+            create_timeout=self.rt.settings.create_timeout,
+            stuck_timeout=max(self.rt.settings.create_timeout, DEFAULT_STUCK_TIMEOUT),
             name_prefix=self.rt.settings.name_prefix,
         )
 

@@ -25,7 +25,7 @@ from hearth.events import NullObserver, Observer, log_event
 from hearth.files.harvest import Harvester
 from hearth.files.inputs import InputItem, inputs_digest, resolve_inputs
 from hearth.pool.leases import Leases
-from hearth.pool.store import PoolStore
+from hearth.pool.store import BreakerPolicy, PoolStore
 from settings import Settings, load_pools
 from settings.pools import PoolsFile, PoolsFileError, PoolSpec
 from settings.pools_loader import parse_pools
@@ -62,7 +62,10 @@ class Runtime:
         self.redis = redis_client
         self.client = client
         self.observer: Observer = observer or NullObserver()
-        self.store = PoolStore(redis_client, self.clock, prefix=settings.key_prefix)
+        breaker = BreakerPolicy(
+            threshold=settings.breaker_threshold, window=settings.breaker_window, cooldown=settings.breaker_cooldown
+        )
+        self.store = PoolStore(redis_client, self.clock, prefix=settings.key_prefix, breaker=breaker)
         self.leases = Leases(self.store)
         self.harvester = Harvester(client, self.clock)
         self._pools = _PoolsCache()

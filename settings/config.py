@@ -110,6 +110,19 @@ class Settings(BaseSettings):
     task_visibility_timeout: Annotated[int, Field(ge=10)] = Field(
         600, description="Seconds before a task whose worker vanished is redelivered. Default 600."
     )
+    breaker_threshold: Annotated[int, Field(ge=1)] = Field(
+        5, description="Create failures in a row (within the window) that pause a pool's creates. Default 5."
+    )
+    breaker_window: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="Window in which breaker failures count, s. Default 600."
+    )
+    breaker_cooldown: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="How long an open breaker pauses creates before one probe, s. Default 300."
+    )
+    create_timeout: Annotated[float, Field(gt=0)] = Field(
+        600.0,
+        description="A container still creating or seeding after this long is treated as failed, s. Default 600.",
+    )
     orphan_grace: Annotated[float, Field(ge=0)] = Field(
         300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
     )

@@ -50,3 +50,16 @@ def test_a_changed_local_input_changes_the_digest(tmp_path: Path) -> None:
     st = (tmp_path / "local.csv").stat()
     os.utime(tmp_path / "local.csv", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert rt.inputs(spec)[1] != first
+
+
+def test_breaker_and_create_timeout_come_from_settings(tmp_path: Path) -> None:
+    from hearth.planner import Planner
+    from hearth.pool.store import BreakerPolicy
+
+    (tmp_path / "pools.yaml").write_text("version: 1\npools:\n  p: {}\n")
+    settings = Settings(pools=tmp_path / "pools.yaml", breaker_threshold=2, breaker_window=30, breaker_cooldown=7,
+                        create_timeout=45, _env_file=None)  # type: ignore[call-arg]
+    rt = Runtime(settings, redis_client=redis.Redis(port=1), client=ContainersClient("http://127.0.0.1:1/v1"))
+    assert rt.store.breaker_policy == BreakerPolicy(threshold=2, window=30, cooldown=7)
+    desired = Planner(rt).desired(rt.pool("p"), 0.0, digest="")
+    assert desired.create_timeout == 45

@@ -44,7 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hearth.errors import HearthError
-from hearth.localapi import LocalAPIServer
+from hearth.localapi import DataDirInUse, LocalAPIServer
 from hearth.planner import Planner
 from hearth.pool.model import State
 from hearth.runtime import Runtime
@@ -247,14 +247,21 @@ class Supervisor:
         keys = (s.api_key.get_secret_value(),) if s.api_key else ()
         api_dir = self.data_dir / "localapi"
         try:
-            self.api = LocalAPIServer(api_dir, host=s.local_host, port=s.local_port, api_keys=keys, dev=True,
-                                      faults=s.faults).start()
-        except HearthError as exc:
-            if s.local_port == 0:
+            try:
+                self.api = LocalAPIServer(api_dir, host=s.local_host, port=s.local_port, api_keys=keys, dev=True,
+                                          faults=s.faults).start()
+            except DataDirInUse:
                 raise
-            self.api = LocalAPIServer(api_dir, host=s.local_host, port=0, api_keys=keys, dev=True,
-                                      faults=s.faults).start()
-            self._say(f"port {s.local_port} is busy ({exc}); the local API uses port {self.api.port} instead")
+            except HearthError as exc:
+                if s.local_port == 0:
+                    raise
+                # The busy port failed before the data dir was touched, so the same dir is safe here.
+                self.api = LocalAPIServer(api_dir, host=s.local_host, port=0, api_keys=keys, dev=True,
+                                          faults=s.faults).start()
+                self._say(f"port {s.local_port} is busy ({exc}); the local API uses port {self.api.port} instead")
+        except DataDirInUse as exc:
+            # Another `hearth up` (or `hearth api`) serves this data dir: sharing it would corrupt both.
+            raise UpError(f"{exc}; stop it or use another HEARTH_DATA_DIR") from None
         self.api_base = self.api.base_url
         self._say(f"API: local at {self.api_base} (dev controls on{', API key required' if keys else ''})")
 

@@ -13,6 +13,6 @@ from __future__ import annotations
 from hearth.localapi.app import create_app
 from hearth.localapi.faults import ENDPOINT_NAMES, FaultInjector
 from hearth.localapi.server import LocalAPIServer
-from hearth.localapi.store import Store
+from hearth.localapi.store import DataDirInUse, Store
 
-__all__ = ["ENDPOINT_NAMES", "FaultInjector", "LocalAPIServer", "Store", "create_app"]
+__all__ = ["ENDPOINT_NAMES", "DataDirInUse", "FaultInjector", "LocalAPIServer", "Store", "create_app"]

@@ -138,19 +138,16 @@ class LocalAPIServer:
     # --- life -----------------------------------------------------------------------------------
 
     def _prepare(self) -> uvicorn.Server:
-        if self._given_clock is not None:
-            self.clock = self._given_clock
-            self.store = Store(self.data_dir, self.clock)
-        else:
-            clock = OffsetClock()
-            self.store = Store(self.data_dir, clock)
-            stored = self.store.get_meta(CLOCK_OFFSET_KEY)
-            if stored is not None:
-                clock.advance(float(stored))
-            self.clock = clock
-        app = create_app(self.store, clock=self.clock, api_keys=self.api_keys, dev=self.dev, faults=self.injector)
+        # Bind first: a server that cannot get its port must not touch the data dir at all.
         self._sock = _bind(self.host, self.port)
+        try:
+            self._open_store()
+        except BaseException:
+            self._close()
+            raise
+        assert self.store is not None and self.clock is not None
         self.port = self._sock.getsockname()[1]
+        app = create_app(self.store, clock=self.clock, api_keys=self.api_keys, dev=self.dev, faults=self.injector)
         config = uvicorn.Config(
             app,
             log_level=self.log_level,
@@ -162,6 +159,19 @@ class LocalAPIServer:
         logging.getLogger("uvicorn.error").addFilter(_drop_filter)
         self._server = _Server(config)
         return self._server
+
+    def _open_store(self) -> None:
+        """The store (locking the data dir: ``DataDirInUse`` if another server has it) and the clock."""
+        if self._given_clock is not None:
+            self.clock = self._given_clock
+            self.store = Store(self.data_dir, self.clock)
+            return
+        clock = OffsetClock()
+        self.store = Store(self.data_dir, clock)
+        stored = self.store.get_meta(CLOCK_OFFSET_KEY)
+        if stored is not None:
+            clock.advance(float(stored))
+        self.clock = clock
 
     def start(self, timeout: float = 15.0) -> LocalAPIServer:
         """Serve in a background thread; returns once the socket accepts requests."""

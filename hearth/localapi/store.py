@@ -16,6 +16,7 @@ Thread-safety: one connection in WAL mode guarded by a lock; every public method
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from hearth.clock import Clock
-from hearth.errors import BadRequest, ContainerExpired, NotFound
+from hearth.errors import BadRequest, ContainerExpired, HearthError, NotFound
 
 Row = dict[str, Any]
 
@@ -89,8 +90,33 @@ def file_not_found(file_id: str, param: str | None = "id") -> NotFound:
     return NotFound(f"No such File object: {file_id}", status=404, param=param)
 
 
+class DataDirInUse(HearthError):
+    """Another live Store (another local API server) holds this data dir."""
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take ``data_dir/.lock`` exclusively (released when the fd closes, also when the process dies).
+
+    Two servers on one dir would share the SQLite file (fine) but each wipes ``tmp/`` on open,
+    destroying the other's in-flight uploads; so the second one is refused instead.
+    """
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DataDirInUse(f"local API data dir {data_dir} is in use by pid {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 class Store:
-    """SQLite + blob directory under ``data_dir``. ``tenant`` scopes every object (one per API key)."""
+    """SQLite + blob directory under ``data_dir``. ``tenant`` scopes every object (one per API key).
+
+    Holds an exclusive lock on the dir until :meth:`close` (``DataDirInUse`` if another Store has it).
+    """
 
     def __init__(
         self, data_dir: Path, clock: Clock, *, token_hex: Callable[[int], str] = secrets.token_hex
@@ -100,24 +126,37 @@ class Store:
         self.tmp_dir = self.data_dir / "tmp"
         for d in (self.data_dir, self.blob_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
-        # Half-written uploads of a previous run are garbage: nothing references them.
+        self._lock_fd: int | None = _lock_data_dir(self.data_dir)
+        # Only the lock holder may do this: half-written uploads of a previous run are garbage: nothing references them.
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
                 leftover.unlink()
         self.clock = clock
         self._token_hex = token_hex
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.data_dir / "localapi.sqlite3", check_same_thread=False, isolation_level=None
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(
+                self.data_dir / "localapi.sqlite3", check_same_thread=False, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise HearthError(f"local API store {self.data_dir}: {exc}") from None
+        # Blobs of rows marked deleted in the open transaction: unlinked only once it commits.
+        self._doomed: list[str] = []
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._unlock()
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -125,12 +164,21 @@ class Store:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._doomed = []
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # Also when COMMIT itself fails (disk full, I/O error): otherwise the connection
+                # stays inside the transaction and every later BEGIN fails.
+                self._doomed = []
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            # Bytes go only once their rows are committed as deleted: a rolled-back delete keeps them.
+            doomed, self._doomed = self._doomed, []
+            for object_id in doomed:
+                self._drop_blob(object_id)
 
     def _new_id(self, prefix: str, nbytes: int) -> str:
         return f"{prefix}{self._token_hex(nbytes)}"
@@ -141,6 +189,10 @@ class Store:
     def new_tmp_path(self) -> Path:
         """A fresh path in the store's own temp dir (same filesystem as the blobs: rename is atomic)."""
         return self.tmp_dir / f"upload-{self._token_hex(16)}"
+
+    def _doom(self, object_id: str) -> None:
+        """Unlink the object's bytes when the current transaction commits."""
+        self._doomed.append(object_id)
 
     def _drop_blob(self, object_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -183,7 +235,7 @@ class Store:
         ).fetchall()
         for row in gone:
             db.execute("UPDATE files SET deleted = 1 WHERE id = ?", (row["id"],))
-            self._drop_blob(row["id"])
+            self._doom(row["id"])
 
     def _discard_container_files(self, db: sqlite3.Connection, container_id: str) -> None:
         rows = db.execute(
@@ -191,7 +243,7 @@ class Store:
         ).fetchall()
         db.execute("UPDATE container_files SET deleted = 1 WHERE container_id = ?", (container_id,))
         for row in rows:
-            self._drop_blob(row["id"])
+            self._doom(row["id"])
 
     def sweep(self) -> None:
         with self._tx() as db:
@@ -241,6 +293,8 @@ class Store:
 
     def _touch(self, db: sqlite3.Connection, row: Row, now: float) -> Row:
         if row["status"] == "running":
+            # MAX: the clock is read inside the transaction, but a wall clock can still step back.
+            now = max(now, row["last_active_at"])
             db.execute("UPDATE containers SET last_active_at = ? WHERE id = ?", (now, row["id"]))
             row["last_active_at"] = now
         return row
@@ -263,9 +317,9 @@ class Store:
         metadata: dict[str, str] | None,
         file_ids: list[str],
     ) -> Row:
-        now = self.clock.now()
         cid = self._new_id("cntr_", 24)
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             sources: list[Row] = []
             for i, fid in enumerate(file_ids):
@@ -310,8 +364,8 @@ class Store:
             return self._page(db, "containers", where, args, limit=limit, order=order, after=after)
 
     def retrieve_container(self, tenant: str, container_id: str) -> Row:
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             return self._touch(db, self._container(db, tenant, container_id), now)
 
@@ -324,8 +378,8 @@ class Store:
 
     def check_container_live(self, tenant: str, container_id: str) -> None:
         """Fail fast (before streaming an upload) if the container cannot take a file."""
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
 
@@ -335,10 +389,10 @@ class Store:
         self, tenant: str, container_id: str, *, tmp: Path, size: int, path: str, source: str
     ) -> Row:
         """Adopt an uploaded temp file as a container file (``tmp`` is moved, or removed on failure)."""
-        now = self.clock.now()
         fid = self._new_id("cfile_", 16)
         try:
             with self._tx() as db:
+                now = self.clock.now()
                 self._sweep(db, now)
                 self._live_container(db, tenant, container_id, now)
                 self._adopt_blob(tmp, fid)
@@ -355,8 +409,8 @@ class Store:
             raise
 
     def add_container_file_by_id(self, tenant: str, container_id: str, file_id: str) -> Row:
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
             src = db.execute(
@@ -369,8 +423,8 @@ class Store:
     def list_container_files(
         self, tenant: str, container_id: str, *, limit: int, order: str, after: str | None
     ) -> tuple[list[Row], bool]:
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
             return self._page(
@@ -387,8 +441,8 @@ class Store:
         return dict(row)
 
     def retrieve_container_file(self, tenant: str, container_id: str, file_id: str) -> Row:
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
             return self._container_file(db, container_id, file_id)
@@ -403,32 +457,32 @@ class Store:
 
     def container_file_content(self, tenant: str, container_id: str, file_id: str) -> tuple[Row, BinaryIO]:
         """The file's row and its bytes opened for reading; the caller streams and closes them."""
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
             row = self._container_file(db, container_id, file_id)
             return row, self._open_blob(file_id)
 
     def delete_container_file(self, tenant: str, container_id: str, file_id: str) -> None:
-        now = self.clock.now()
         with self._tx() as db:
+            now = self.clock.now()
             self._sweep(db, now)
             self._live_container(db, tenant, container_id, now)
             self._container_file(db, container_id, file_id)
             db.execute("UPDATE container_files SET deleted = 1 WHERE id = ?", (file_id,))
-            self._drop_blob(file_id)
+            self._doom(file_id)
 
     # --- Files API --------------------------------------------------------------------------------
 
     def create_file(
         self, tenant: str, *, tmp: Path, size: int, filename: str, purpose: str, expires_after_seconds: int | None
     ) -> Row:
-        now = self.clock.now()
         fid = self._new_id("file-", 12)
-        expires_at = now + expires_after_seconds if expires_after_seconds is not None else None
         try:
             with self._tx() as db:
+                now = self.clock.now()
+                expires_at = now + expires_after_seconds if expires_after_seconds is not None else None
                 self._sweep(db, now)
                 self._adopt_blob(tmp, fid)
                 db.execute(
@@ -477,4 +531,4 @@ class Store:
             self._sweep(db, self.clock.now())
             self._file(db, tenant, file_id)
             db.execute("UPDATE files SET deleted = 1 WHERE id = ?", (file_id,))
-            self._drop_blob(file_id)
+            self._doom(file_id)

@@ -131,3 +131,9 @@ class StateStoreError(HearthError):
     """Redis (the state store) failed a command: the change may or may not have happened; retry."""
 
     temporary = True
+
+
+class Busy(HearthError):
+    """Another process holds the lock this operation needs (e.g. a harvest of the same container); retry."""
+
+    temporary = True

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from hearth.api.models import Container, ContainerFile, CreateContainerRequest
-from hearth.errors import APIError, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
+from hearth.errors import APIError, Busy, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
 from hearth.events import log_event, redact_text
-from hearth.files.harvest import HarvestPolicy, HarvestReport, ProgressCallback
+from hearth.files.harvest import HarvestPolicy, HarvestProgress, HarvestReport, ProgressCallback
 from hearth.files.inputs import InputItem, glob_literal, input_paths, split_file_ids, sync_inputs
+from hearth.files.lock import HarvestLock, TokenFactory
 from hearth.files.storage import StorageTarget
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
@@ -83,10 +85,59 @@ def all_but_inputs_policy(rt: Runtime, pool: str, files: list[ContainerFile]) ->
     )
 
 
+@contextlib.contextmanager
+def harvest_lock(
+    rt: Runtime, container_id: str, *, wait: float = 0.0, tokens: TokenFactory | None = None
+) -> Iterator[HarvestLock]:
+    """The container's harvest lock, held for the block; ``Busy`` when another harvest keeps it ``wait`` s."""
+    lock = HarvestLock(rt.redis, rt.clock, rt.store.key("harvest", container_id, "lock"), tokens=tokens)
+    lock.acquire(wait)
+    with lock:
+        yield lock
+
+
+def harvest_under(
+    rt: Runtime, lock: HarvestLock, container_id: str, target: StorageTarget, policy: HarvestPolicy, *,
+    pool: str | None, lease_id: str | None, progress: ProgressCallback | None = None,
+) -> HarvestReport:
+    """Run the harvester while ``lock`` is held, renewing it as the copy progresses (per file, per MiB)."""
+    warned: list[bool] = []
+
+    def renewing(p: HarvestProgress) -> None:
+        if not lock.renew() and not warned:
+            warned.append(True)
+            log.warning("harvest %s: its lock lapsed while copying (a stall longer than %ss)",
+                        container_id, lock.ttl)
+        if progress is not None:
+            progress(p)
+
+    return rt.harvester.harvest(container_id, target, policy, pool=pool, lease_id=lease_id, progress=renewing,
+                                sweep_min_age=lock.ttl)
+
+
+def pinned_target(rt: Runtime, record: ContainerRecord, *, lease_id: str | None = None) -> str:
+    """The container's harvest URL: rendered once (``{date}`` on that day) and kept on its record, so a
+    harvest after midnight, or a session's, lands in the same root and the same manifest."""
+    if record.harvest_target:
+        return record.harvest_target
+    outputs = OutputRules()
+    with contextlib.suppress(ConfigError):
+        outputs = rt.pool(record.pool).outputs
+    url = StorageTarget.from_url(
+        harvest_template(outputs, rt.settings.resolved_storage_url), clock=rt.clock, pool=record.pool,
+        container_id=record.container_id, lease_id=lease_id or record.lease_id,
+    ).url
+    with contextlib.suppress(Conflict):
+        rt.store.update(record.name, tuple(State), harvest_target=url)
+    return url
+
+
 class Operations:
     """Worker-side operations over one :class:`Runtime`."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, tokens: TokenFactory | None = None) -> None:
+        """``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``)."""
+        self.tokens = tokens
         self.rt = runtime
         self.store = runtime.store
         self.client = runtime.client
@@ -205,10 +256,21 @@ class Operations:
 
     def harvest(
         self, container_id: str, *, to: str | None = None, lease_id: str | None = None,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | None = None, wait: float = 0.0,
     ) -> HarvestReport:
-        """Copy the container's outputs to storage (its pool's target, or ``to``)."""
-        record = self.store.by_container_id(container_id)
+        """Copy the container's outputs to storage (its pool's target, or ``to``).
+
+        Runs under the container's harvest lock; raises ``Busy`` (temporary) when another harvest of
+        it still runs after ``wait`` seconds.
+        """
+        with harvest_lock(self.rt, container_id, wait=wait, tokens=self.tokens) as lock:
+            return self._harvest(lock, container_id, to, lease_id, progress)
+
+    def _harvest(
+        self, lock: HarvestLock, container_id: str, to: str | None, lease_id: str | None,
+        progress: ProgressCallback | None,
+    ) -> HarvestReport:
+        record = self.store.by_container_id(container_id)  # read under the lock: its pinned target is current
         outputs = OutputRules()
         pool: str | None = None
         if record is not None:
@@ -217,10 +279,17 @@ class Operations:
             # A pool that left the pools file is harvested with the defaults rather than lose files.
             with contextlib.suppress(ConfigError):
                 outputs = self.rt.pool(record.pool).outputs
-        template = to or harvest_template(outputs, self.rt.settings.resolved_storage_url)
-        target = StorageTarget.from_url(
-            template, clock=self.clock, pool=pool, container_id=container_id, lease_id=lease_id
-        )
+        if to is not None:
+            target = StorageTarget.from_url(
+                to, clock=self.clock, pool=pool, container_id=container_id, lease_id=lease_id
+            )
+        elif record is not None:
+            target = StorageTarget.from_url(pinned_target(self.rt, record, lease_id=lease_id), clock=self.clock)
+        else:
+            target = StorageTarget.from_url(
+                harvest_template(outputs, self.rt.settings.resolved_storage_url), clock=self.clock,
+                container_id=container_id, lease_id=lease_id,
+            )
         policy = harvest_policy(outputs)
         if record is not None and record.session_key_hash:
             # A session's container holds the app's uploads too, and a later lease restores them:
@@ -230,9 +299,8 @@ class Operations:
             except (ContainerExpired, NotFound):
                 files = []
             policy = all_but_inputs_policy(self.rt, record.pool, files)
-        report = self.rt.harvester.harvest(
-            container_id, target, policy, pool=pool, lease_id=lease_id, progress=progress
-        )
+        report = harvest_under(self.rt, lock, container_id, target, policy, pool=pool, lease_id=lease_id,
+                               progress=progress)
         if record is not None:
             with contextlib.suppress(Conflict):
                 self.store.update(
@@ -315,6 +383,8 @@ class Operations:
             failure: HearthError = HearthError(
                 f"harvest of {record.container_id} incomplete: {report.failures} failures", temporary=True
             )
+        except Busy:
+            raise  # another harvest of it is running: not a failed attempt, just retry later
         except HearthError as exc:
             failure = exc
         self.store.update(record.name, State.HARVESTING, harvest_attempts=record.harvest_attempts + 1,

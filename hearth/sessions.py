@@ -10,12 +10,14 @@ not.
 
 Where the files come from: a session container is harvested with source ``any`` (the files the
 code wrote *and* the app's uploads), minus the pool's own inputs (the fresh container already has
-those). Every container a session ever had is remembered with its harvest target; a restore reads
-their ``manifest.json`` files oldest first, so a later version of a name wins.
+those). Every container a session ever had is remembered with its harvest target, the one target every
+harvest of that container uses (rendered once, kept on its record); a restore reads their
+``manifest.json`` files oldest first, so a later version of a path wins.
 
 Names: a file comes back as its base name (``/mnt/data/out/chart.png`` -> ``chart.png``; an
-upload's ``<32 hex>-report.csv`` -> ``report.csv``). Restored files are uploads, so the backend
-puts them at ``/mnt/data/<32 hex>-<name>``, as it does for every upload.
+upload's ``<32 hex>-report.csv`` -> ``report.csv``); when two paths share a base name, the others
+come back with their directories in the name (``b__report.csv``, listed in ``renamed``).
+Restored files are uploads, so the backend puts them at ``/mnt/data/<32 hex>-<name>``, as it does for every upload.
 
 Privacy: the key is an app's string (often a user or conversation id). Only its hash
 (``session_hash``) reaches Redis keys, values, task arguments and logs.
@@ -29,15 +31,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, cast
 
+import redis
 from pydantic import BaseModel, ConfigDict
 
 from hearth.api.models import ContainerFile
-from hearth.clock import ManualClock
 from hearth.errors import (
     ConfigError,
     Conflict,
@@ -45,14 +46,18 @@ from hearth.errors import (
     HearthError,
     LeaseError,
     NotFound,
+    StateStoreError,
     StorageError,
+    UnsafePath,
 )
 from hearth.events import log_event
 from hearth.files.harvest import HarvestPolicy, HarvestReport
 from hearth.files.inputs import restore_name
+from hearth.files.lock import TokenFactory, random_token
 from hearth.files.manifest import MANIFEST_KEY, Manifest, ManifestEntry
+from hearth.files.paths import relative_container_path
 from hearth.files.storage import StorageTarget
-from hearth.operations import all_but_inputs_policy, harvest_template
+from hearth.operations import all_but_inputs_policy, harvest_lock, harvest_under, pinned_target
 from hearth.pool.leases import Lease
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
@@ -63,7 +68,7 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, list[Any]], None]
 
 _HASH_CONTEXT = b"hearth-session\x00"
-MAX_DAYS_SEARCHED = 31  # how many days of {date} targets a restore looks through
+INLINE_HARVEST_WAIT = 30.0  # how long a lease or an end waits for another harvest of the same container
 
 
 def session_hash(key: str) -> str:
@@ -103,6 +108,7 @@ class SessionRecord(BaseModel):
     ended: bool = False
     history: list[SessionContainer] = []
     restored_files: list[str] = []
+    renamed: dict[str, str] = {}  # container path -> restored name, for files whose base names collided
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class SessionLease:
     created: bool = False  # this call started the session
     restored: bool = False  # this call replaced a lost container and restored the session's files
     restored_files: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # original path -> restored name (name collisions)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +139,7 @@ class SessionLease:
             "created": self.created,
             "restored": self.restored,
             "restored_files": list(self.restored_files),
+            "renamed": dict(self.renamed),
         }
 
 
@@ -174,7 +182,10 @@ class Sessions:
         lock_ttl: float = 300.0,
         lock_wait: float = 300.0,
         harvest_every: float = 2.0,
+        tokens: TokenFactory | None = None,
     ) -> None:
+        """``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``)."""
+        self.tokens = tokens or random_token
         self.rt = runtime
         self.enqueue = enqueue
         self.store = runtime.store
@@ -226,7 +237,7 @@ class Sessions:
             current = self._current(rec, spec, verify)
             if current is not None:
                 return current
-        with self._locked(sid):
+        with self._locked(sid) as renew:
             rec = self.load(sid)  # another process may have bound it while we waited
             if rec is not None and rec.pool != pool:
                 raise LeaseError(f"session {sid} belongs to pool {rec.pool!r}, not {pool!r}")
@@ -235,8 +246,8 @@ class Sessions:
                 if current is not None:
                     return current
             if rec is not None and rec.restoring and self._still_ours(rec) is not None:
-                return self._finish_restore(rec, spec)  # a restore interrupted by a crash: resume it
-            return self._bind(sid, pool, spec, rec, wait)
+                return self._finish_restore(rec, spec, renew)  # a restore interrupted by a crash: resume it
+            return self._bind(sid, pool, spec, rec, wait, renew)
 
     def _still_ours(self, rec: SessionRecord) -> ContainerRecord | None:
         """The container record, if it is still LEASED under the session's lease."""
@@ -268,9 +279,39 @@ class Sessions:
         except LeaseError:
             return None
         rec.last_used_at = now
-        self._save(rec)
+        self._touch(rec)
         self._harvest_soon(rec.session_id)
         return self._lease_of(rec, renewed)
+
+    def _touch(self, rec: SessionRecord) -> None:
+        """Save the fast path's stamps only, and only onto the record it read (same container and lease).
+
+        The fast path runs without the session lock: a whole-record save could overwrite a rebind
+        that happened meanwhile (and drop its container from the history). WATCH makes it a
+        compare-and-set; a lost race just skips the stamps, which the winner wrote fresher anyway.
+        """
+        key = self._key(rec.session_id)
+        retention = max(1, int(self.rt.settings.session_retention))
+        try:
+            with self.rt.redis.pipeline() as pipe:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    return
+                current = SessionRecord.model_validate_json(raw)
+                if (current.container_id, current.lease_id, current.restoring) != (
+                        rec.container_id, rec.lease_id, False):
+                    return
+                current.last_used_at = max(current.last_used_at, rec.last_used_at)
+                if rec.verified_at is not None:
+                    current.verified_at = max(current.verified_at or 0.0, rec.verified_at)
+                pipe.multi()
+                pipe.set(key, current.model_dump_json(), ex=retention)
+                pipe.execute()
+        except redis.WatchError:
+            return
+        except redis.RedisError as exc:
+            raise StateStoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
     def _alive(self, crec: ContainerRecord) -> bool:
         """One retrieve (it also keeps the container alive); a dead container's record is marked EXPIRED."""
@@ -292,23 +333,25 @@ class Sessions:
         return False
 
     def _lease_of(self, rec: SessionRecord, lease: Lease, *, created: bool = False, restored: bool = False,
-                  files: list[str] | None = None) -> SessionLease:
+                  files: list[str] | None = None, renamed: dict[str, str] | None = None) -> SessionLease:
         return SessionLease(
             pool=lease.pool, container_id=lease.container_id, name=lease.name, lease_id=lease.lease_id,
             token=lease.token, expires_at=lease.expires_at, session_id=rec.session_id, created=created,
-            restored=restored, restored_files=list(files or []),
+            restored=restored, restored_files=list(files or []), renamed=dict(renamed or {}),
         )
 
-    def _bind(self, sid: str, pool: str, spec: PoolSpec, rec: SessionRecord | None, wait: float | None) -> SessionLease:
+    def _bind(self, sid: str, pool: str, spec: PoolSpec, rec: SessionRecord | None, wait: float | None,
+              renew: Callable[[], None] | None = None) -> SessionLease:
         """Take a fresh container for the session (under its lock); restore files if it had any before."""
         now = self.clock.now()
         if rec is not None:
             self._let_go(rec)
         lease = self._take(pool, spec, sid, wait)
-        target = StorageTarget.from_url(
-            harvest_template(spec.outputs, self.rt.settings.resolved_storage_url), clock=self.clock, pool=pool,
-            container_id=lease.container_id, lease_id=lease.lease_id,
-        ).url
+        crec = self.store.by_container_id(lease.container_id)
+        if crec is None:
+            raise LeaseError(f"session {sid}: container {lease.container_id} has no record", temporary=True)
+        # The same target every harvest of this container uses (the pool's too): one root, one manifest.
+        target = pinned_target(self.rt, crec, lease_id=lease.lease_id)
         created = rec is None
         had_before = rec is not None and bool(rec.history)
         if rec is None:
@@ -318,24 +361,26 @@ class Sessions:
         rec.container_id, rec.name = lease.container_id, lease.name
         rec.lease_id, rec.token = lease.lease_id, lease.token
         rec.verified_at, rec.last_used_at, rec.ended = now, now, False
-        rec.restoring, rec.restored_files = had_before, []
+        rec.restoring, rec.restored_files, rec.renamed = had_before, [], {}
         self._save(rec)
         log_event(log, "session.bound", pool=pool, session=sid, container_id=lease.container_id,
                   restoring=had_before)
         if had_before:
-            return self._finish_restore(rec, spec)
+            return self._finish_restore(rec, spec, renew)
         return self._lease_of(rec, lease, created=created)
 
-    def _finish_restore(self, rec: SessionRecord, spec: PoolSpec) -> SessionLease:
+    def _finish_restore(
+        self, rec: SessionRecord, spec: PoolSpec, renew: Callable[[], None] | None = None
+    ) -> SessionLease:
         assert rec.lease_id is not None
-        files = self.restore(rec, spec)
+        files = self.restore(rec, spec, renew=renew)
         rec.restoring, rec.restored_files = False, files
         rec.last_used_at = self.clock.now()
         renewed = self.rt.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
         self._save(rec)
         log_event(log, "session.restored", pool=rec.pool, session=rec.session_id, container_id=rec.container_id,
                   files=len(files))
-        return self._lease_of(rec, renewed, restored=True, files=files)
+        return self._lease_of(rec, renewed, restored=True, files=files, renamed=rec.renamed)
 
     def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Lease:
         rules = spec.lease
@@ -360,7 +405,7 @@ class Sessions:
         if crec is None or crec.state not in (State.LEASED, State.HARVESTING):
             return  # expired, failed or gone: its last harvest is all there is
         with contextlib.suppress(HearthError):
-            self.harvest_current(rec)  # best effort: an expired container just reports so
+            self.harvest_current(rec, wait=INLINE_HARVEST_WAIT)  # best effort: an expired container just reports so
         if crec.state is State.LEASED and crec.lease_id == rec.lease_id and rec.lease_id is not None:
             try:
                 released = self.rt.leases.release(rec.container_id, rec.lease_id, token=rec.token)
@@ -380,8 +425,10 @@ class Sessions:
         """The pool's harvest rules, but every source, and never the pool's own inputs."""
         return all_but_inputs_policy(self.rt, pool, files)
 
-    def harvest_current(self, rec: SessionRecord) -> HarvestReport | None:
-        """Copy the session container's files (outputs and uploads) to its recorded target."""
+    def harvest_current(self, rec: SessionRecord, *, wait: float = 0.0) -> HarvestReport | None:
+        """Copy the session container's files (outputs and uploads) to its recorded target.
+
+        Under the container's harvest lock (``Busy`` when another harvest keeps it ``wait`` s)."""
         if rec.container_id is None or not rec.history or rec.history[-1].container_id != rec.container_id:
             return None
         here = rec.history[-1]
@@ -390,9 +437,9 @@ class Sessions:
         except (ContainerExpired, NotFound):
             return None
         target = StorageTarget.from_url(here.target, clock=self.clock)
-        report = self.rt.harvester.harvest(
-            here.container_id, target, self.policy(rec.pool, files), pool=rec.pool, lease_id=rec.lease_id
-        )
+        with harvest_lock(self.rt, here.container_id, wait=wait, tokens=self.tokens) as lock:
+            report = harvest_under(self.rt, lock, here.container_id, target, self.policy(rec.pool, files),
+                                   pool=rec.pool, lease_id=rec.lease_id)
         crec = self.store.by_container_id(here.container_id)
         if crec is not None:
             with contextlib.suppress(Conflict):
@@ -411,46 +458,41 @@ class Sessions:
             self.enqueue("hearth.session_harvest", [sid])
 
     def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, tuple[StorageTarget, ManifestEntry]]:
-        """Name -> where its newest saved version is, over every earlier container of the session."""
+        """Restored name -> where its newest saved version is, over every earlier container of the session.
+
+        Keyed by the file's path below ``/mnt/data`` (an upload's by its name): ``a/report.csv`` and
+        ``b/report.csv`` are two files. Restored files are uploads, which the backend keeps by base name,
+        so when base names collide the first path (sorted) keeps the name and the others get their
+        directories in it (``b__report.csv``); ``rec.renamed`` says which path became which name.
+        """
         items, _ = self.rt.inputs(spec)
         input_sizes = {i.dest_name: i.size for i in items if i.dest_name}
-        plan: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
+        by_path: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
         for past in rec.history:
             if past.container_id == rec.container_id:
                 continue
-            entries: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
-            for url in self._targets_of(past, spec):
-                target = StorageTarget.from_url(url, clock=self.clock)
-                manifest = self._manifest(target, past.container_id)
-                for entry in manifest.files.values() if manifest is not None else ():
-                    entries.setdefault(entry.file_id, (target, entry))
-            for target, entry in sorted(entries.values(), key=lambda te: (te[1].created_at, te[1].file_id)):
+            target = StorageTarget.from_url(past.target, clock=self.clock)
+            manifest = self._manifest(target, past.container_id)
+            entries = list(manifest.files.values()) if manifest is not None else []
+            for entry in sorted(entries, key=lambda e: (e.created_at, e.file_id)):
                 name = restore_name(entry.container_path)
                 if entry.source != "assistant" and name in input_sizes and input_sizes[name] in (None, entry.bytes):
                     continue  # the pool's input: the fresh container has it already
-                plan[name] = (target, entry)
+                by_path[_restore_path(entry.container_path)] = (target, entry)  # later containers win
+        plan: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
+        renamed: dict[str, str] = {}
+        taken: set[str] = set()
+        for path in sorted(by_path, key=lambda p: (p.count("/"), p)):  # top-level files keep their names
+            base = path.rsplit("/", 1)[-1]
+            name = base if base not in taken else path.replace("/", "__")
+            while name in taken:
+                name = "_" + name
+            taken.add(name)
+            plan[name] = by_path[path]
+            if name != base:
+                renamed[by_path[path][1].container_path] = name
+        rec.renamed = renamed
         return plan
-
-    def _targets_of(self, past: SessionContainer, spec: PoolSpec) -> list[str]:
-        """Where a past container's files may be: its recorded target, then the pool's template for
-        every day since it was bound (a harvest by the pool's own rules, e.g. at retire, renders
-        ``{date}`` on the day it runs)."""
-        urls = [past.target]
-        template = harvest_template(spec.outputs, self.rt.settings.resolved_storage_url)
-        if not any(p in template for p in ("{date}", "{year}", "{month}", "{day}")):
-            return urls
-        day, end = past.bound_at, self.clock.now()
-        for _ in range(MAX_DAYS_SEARCHED):
-            if day > end + 86400:
-                break
-            url = StorageTarget.from_url(
-                template, clock=ManualClock(day), pool=spec.name, container_id=past.container_id,
-                lease_id=past.lease_id,
-            ).url
-            if url not in urls:
-                urls.append(url)
-            day += 86400
-        return urls
 
     def _manifest(self, target: StorageTarget, container_id: str) -> Manifest | None:
         try:
@@ -460,10 +502,13 @@ class Sessions:
             log.warning("manifest of %s at %s unreadable: %s", container_id, target.url, exc)
             return None
 
-    def restore(self, rec: SessionRecord, spec: PoolSpec) -> list[str]:
+    def restore(self, rec: SessionRecord, spec: PoolSpec, *, renew: Callable[[], None] | None = None) -> list[str]:
         """Upload every file of the session's earlier containers into the current one; the names restored.
 
-        Idempotent: a name already in the container with the right size is not sent again.
+        Idempotent: a name already in the container with the right size is not sent again. Each
+        object's sha256 is checked against its manifest entry as it streams into the upload; a
+        mismatch removes the upload and fails (temporary). ``renew`` runs after each file (it keeps the
+        session lock while a long restore runs).
         """
         assert rec.container_id is not None
         plan = self.restore_plan(rec, spec)
@@ -477,10 +522,16 @@ class Sessions:
                 done.append(name)
                 continue
             with target.open_read(entry.storage_key) as fh:
-                uploaded = self.rt.client.upload_file(rec.container_id, fh, filename=name)
-            if uploaded.bytes is not None and uploaded.bytes != entry.bytes:
-                raise StorageError(f"restore of {name}: container holds {uploaded.bytes} bytes, saved {entry.bytes}")
+                reader = _HashingReader(fh)
+                uploaded = self.rt.client.upload_file(rec.container_id, cast(BinaryIO, reader), filename=name)
+            if reader.hexdigest() != entry.sha256 or (uploaded.bytes is not None and uploaded.bytes != entry.bytes):
+                with contextlib.suppress(HearthError):
+                    self.rt.client.delete_file(rec.container_id, uploaded.id)
+                raise StorageError(f"restore of {name}: the stored object does not match its manifest entry "
+                                   f"({entry.bytes} bytes, sha256 {entry.sha256[:12]}…)")
             done.append(name)
+            if renew is not None:
+                renew()
         return done
 
     # --- end -----------------------------------------------------------------------------------
@@ -502,7 +553,7 @@ class Sessions:
             crec = self._still_ours(rec)
             if crec is not None and rec.lease_id is not None and cid is not None:
                 if harvest:
-                    report = self.harvest_current(rec)
+                    report = self.harvest_current(rec, wait=INLINE_HARVEST_WAIT)
                     if report is not None:
                         if not report.complete and not report.expired:
                             raise HearthError(
@@ -529,21 +580,71 @@ class Sessions:
     # --- the per-session lock ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, sid: str) -> Iterator[None]:
+    def _locked(self, sid: str) -> Iterator[Callable[[], None]]:
+        """The per-session lock; yields ``renew()``, which extends it (a long restore calls it per file)."""
         key = self._key(sid, "lock")
-        token = secrets.token_hex(8)
+        token = self.tokens()
+        ttl_ms = max(1, int(self.lock_ttl * 1000))
         give_up = self.clock.now() + self.lock_wait
         delay = 0.02
-        while not self.store._cmd(self.rt.redis.set, key, token, nx=True, px=max(1, int(self.lock_ttl * 1000))):
+        while not self.store._cmd(self.rt.redis.set, key, token, nx=True, px=ttl_ms):
             if self.clock.now() >= give_up:
                 raise LeaseError(f"session {sid}: another process is still binding it", temporary=True)
             self.clock.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+        def renew() -> None:
+            self.store._cmd(
+                self.rt.redis.eval,
+                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+                "return 0",
+                1, key, token, ttl_ms,
+            )
+
         try:
-            yield
+            yield renew
         finally:
             self.store._cmd(
                 self.rt.redis.eval,
                 "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
                 1, key, token,
             )
+
+
+def _restore_path(container_path: str) -> str:
+    """A saved file's identity for a restore: its path below /mnt/data, with an upload's prefix dropped."""
+    name = restore_name(container_path)
+    try:
+        rel = relative_container_path(container_path)
+    except UnsafePath:
+        return name
+    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    return f"{parent}/{name}" if parent else name
+
+
+class _HashingReader:
+    """A read-only stream that hashes what the upload reads; a rewind (a retried upload) starts over."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._hash.update(data)
+        return data
+
+    def seekable(self) -> bool:
+        return self._inner.seekable()
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self._inner.seek(offset, whence)
+        if pos == 0:
+            self._hash = hashlib.sha256()
+        return pos
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

@@ -2,11 +2,14 @@
 
 A container's files vanish when it expires. ``Harvester.harvest`` lists the container's files, picks
 those the ``HarvestPolicy`` wants, and streams each one straight from the API into an atomic write
-on the ``StorageTarget`` (never a whole file in memory), checking size and sha256 before the object
-becomes visible. After every saved file it rewrites ``manifest.json`` atomically, so a harvest killed
-at any point and run again copies only what the manifest does not vouch for: an object written but
-not yet recorded is written again at the same key (an atomic overwrite, not a duplicate); a temporary
-left by a killed writer is swept; a half-downloaded file never reaches its final key.
+on the ``StorageTarget`` (never a whole file in memory), checking its size against the listing and the
+client's count before the object becomes visible. The sha256 recorded is the one the client computed
+over exactly the bytes it handed to storage; ``Harvester(rehash=True)`` hashes them a second time on
+their way in and refuses a difference. After every saved file it rewrites ``manifest.json``
+atomically, so a harvest killed at any point and run again copies only what the manifest does not
+vouch for: an object written but not yet recorded is written again at the same key (an atomic
+overwrite, not a duplicate); a temporary left by a killed writer is swept; a half-downloaded file
+never reaches its final key. Callers run one harvest of a container at a time (``hearth.files.lock``).
 
 Everything not saved is recorded with a reason (see ``SkipReason``). Errors on one file do not stop
 the others; an expired (or vanished) container stops the harvest and the report says so, with the
@@ -20,6 +23,7 @@ extra is computed or called.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -230,11 +234,16 @@ class Harvester:
         pool: str | None = None,
         lease_id: str | None = None,
         progress: ProgressCallback | None = None,
+        sweep_min_age: float = 0.0,
     ) -> HarvestReport:
-        """Copy the wanted files of ``container_id`` to ``target``; ``progress`` is called as they arrive."""
+        """Copy the wanted files of ``container_id`` to ``target``; ``progress`` is called as they arrive.
+
+        ``sweep_min_age``: temporaries younger than this are not swept at the start (they may be a live
+        writer's); a file's own leftover temporaries are removed whenever it is committed.
+        """
         policy = policy or HarvestPolicy()
         report = HarvestReport(container_id=container_id, target=target.url)
-        swept = target.sweep_temporaries()
+        swept = target.sweep_temporaries(min_age=sweep_min_age, now=self.clock.now())
         if swept:
             log.info("harvest %s: swept %d temporaries left by an interrupted harvest", container_id, swept)
         manifest = self._load_manifest(target, container_id, report)
@@ -382,14 +391,18 @@ class Harvester:
                 raise
             if sink.error is not None:
                 raise sink.error
-            digest = sink.hash.hexdigest() if sink.hash is not None else result.sha256
             if result.bytes != sink.count:
                 raise _Mismatch(f"client counted {result.bytes} bytes, storage received {sink.count}")
             if f.bytes is not None and f.bytes != sink.count:
                 raise _Mismatch(f"listing says {f.bytes} bytes, download gave {sink.count}")
-            if result.sha256 != digest or len(digest) != 64:
+            digest = result.sha256
+            if sink.hash is not None and sink.hash.hexdigest() != digest:
                 raise _Mismatch("sha256 of the bytes stored differs from the client's")
+            if len(digest) != 64:
+                raise _Mismatch("the client reported no sha256 for the download")
             writer.commit()
+        with contextlib.suppress(HearthError):  # leftovers of a killed copy of this key: best effort
+            target.remove_temporaries_of(key)
         stored = target.size(key)
         if stored != sink.count:
             raise StorageError(f"{key}: storage holds {stored} bytes after commit, wrote {sink.count}")

@@ -205,17 +205,60 @@ class StorageTarget:
             w.write(data)
             w.commit()
 
-    def sweep_temporaries(self) -> int:
-        """Delete temporaries a killed writer left behind; returns how many."""
+    def sweep_temporaries(self, *, min_age: float = 0.0, now: float | None = None) -> int:
+        """Delete temporaries a killed writer left behind; returns how many.
+
+        With ``min_age`` (and ``now``, epoch seconds), a temporary modified less than ``min_age`` s ago
+        is kept: it may be a live writer's (one that lost its lock but still runs); a writer appends
+        continuously, so its temporary stays young while it lives.
+        """
         if not self.atomic_rename:
             return 0
         swept = 0
         for key in self.list_keys():
             if TEMP_MARKER in posixpath.basename(key):
+                path = f"{self.root}/{key}"
+                if min_age > 0 and now is not None:
+                    modified = self._modified(path)
+                    if modified is None or now - modified < min_age:
+                        continue
                 with _translated(f"delete {key}"), contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(f"{self.root}/{key}")
+                    self.fs.rm_file(path)
                     swept += 1
         return swept
+
+    def remove_temporaries_of(self, key: str) -> int:
+        """Delete every temporary of ``key`` (after ``key`` was committed, they are leftovers)."""
+        if not self.atomic_rename:
+            return 0
+        parent, name = posixpath.split(self.path(key))
+        removed = 0
+        with _translated(f"list temporaries of {key}"):
+            try:
+                siblings = self.fs.ls(parent, detail=False)
+            except FileNotFoundError:
+                return 0
+        for p in siblings:
+            if posixpath.basename(p).startswith(name + TEMP_MARKER):
+                with _translated(f"delete a temporary of {key}"), contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(p)
+                    removed += 1
+        return removed
+
+    def _modified(self, path: str) -> float | None:
+        """Last modification of ``path`` as epoch seconds (None when the store does not say)."""
+        with _translated("stat a temporary"):
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                return None
+        for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            value = info.get(field)
+            if isinstance(value, datetime):
+                return value.timestamp()
+            if isinstance(value, int | float):
+                return float(value)
+        return None
 
     # Hooks for the write path; tests override them to inject a crash at an exact point.
     def _open_temporary(self, final_path: str) -> tuple[str, BinaryIO]:

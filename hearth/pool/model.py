@@ -128,6 +128,8 @@ class ContainerRecord(BaseModel):
     bound_at: OptStamp = None
     # failed harvest attempts while retiring: bounded, so one unreadable file cannot keep a container forever
     harvest_attempts: Annotated[int, Field(ge=0)] = 0
+    # the harvest URL, rendered once (its {date} on the first harvest or session bind) and reused after
+    harvest_target: str | None = None
 
     @field_validator("error")
     @classmethod

@@ -49,10 +49,19 @@ _HANDLER_MARK = "_hearth_handler"
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     """The fields of a record: ``log_event`` fields plus any non-standard attribute, in display order."""
     found: dict[str, Any] = {}
+    celery: dict[str, Any] = {}
     for name, value in record.__dict__.items():
         if name in _STANDARD_ATTRS or name in (EVENT_ATTR, FIELDS_ATTR) or name.startswith("_"):
             continue
+        if name == "data" and isinstance(value, dict) and ({"args", "kwargs"} & value.keys()):
+            # Celery's own context ("Task … received", "… raised"): its args repr may hold an app's
+            # session key. Only the task's id and name are rendered, never its arguments.
+            celery = {"task_id": value.get("id"), "task_name": value.get("name")}
+            continue
         found[name] = value
+    for name, value in celery.items():
+        if found.get(name) is None:
+            found[name] = value
     fields = getattr(record, FIELDS_ATTR, None)
     if isinstance(fields, dict):
         found.update(fields)

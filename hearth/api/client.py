@@ -10,13 +10,16 @@ in ``dialects``, HTTP-error mapping in ``errormap``, retry pacing in ``retry``, 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import logging
 import random
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -90,6 +93,42 @@ def endpoint_name(method: str, path: str) -> str:
 
 def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
+
+
+class _Discard(io.RawIOBase):
+    """A sink that keeps nothing: a download made only for its sha256."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        return 0
+
+
+class _Existing:
+    """Files listed before an upload's first try: none of them can be that upload's result.
+
+    One list call (the newest page): when more pages exist, everything older than the page's oldest
+    entry is taken as existing too. ``files=None`` (the listing failed) makes every file count as
+    existing, so nothing is adopted: a blind retry at worst duplicates, adoption could lose the bytes.
+    """
+
+    def __init__(self, files: list[ContainerFile] | list[FileObject] | None, *, complete: bool = True) -> None:
+        self.unknown = files is None
+        self.ids = {f.id for f in files or ()}
+        self.floor = None if complete or not files else min(f.created_at for f in files)
+
+    def __contains__(self, f: ContainerFile | FileObject) -> bool:
+        return self.unknown or f.id in self.ids or (self.floor is not None and f.created_at < self.floor)
 
 
 class ContainersClient:
@@ -348,6 +387,37 @@ class ContainersClient:
                 raise MalformedResponse(f"GET /{path}: list says has_more but its cursor did not advance ({cursor})")
             after = cursor
 
+    def _holds(self, src: UploadSource, download: Callable[[BinaryIO], Download]) -> bool:
+        """Whether a candidate for adoption has exactly ``src``'s bytes (compared by sha256).
+
+        Name and size alone would adopt an older file of the same name and size, and the new bytes
+        would never be sent. Runs only after an ambiguous failure, so the download is rare. A source
+        that cannot be read again was sent at most once and is never retried: nothing to adopt.
+        """
+        if not src.replayable:
+            return False
+        digest = hashlib.sha256()
+        try:
+            for chunk in src.chunks():
+                digest.update(chunk)
+        except OSError as exc:
+            raise HearthError(f"reading {src.filename} failed: {exc}") from exc
+        try:
+            got = download(cast(BinaryIO, _Discard()))
+        except NotFound:
+            return False
+        return got.sha256 == digest.hexdigest()
+
+    def _existing(self, path: str, model: type[ContainerFileList] | type[FileList]) -> _Existing:
+        """What ``path`` lists right now (one request, no retries; see ``_Existing``)."""
+        try:
+            page = self._once("GET", path, model, params={"order": "desc", "limit": 100})
+        except HearthError as exc:
+            log.warning("GET /%s failed (%s): an ambiguous upload failure will be retried, not adopted",
+                        path, type(exc).__name__)
+            return _Existing(None)
+        return _Existing(page.data, complete=self._dialect.next_cursor(page) is None)
+
     def _download(self, path: str, sink: BinaryIO) -> Download:
         what = f"GET /{path}"
         target = RewindableSink(sink)
@@ -410,9 +480,12 @@ class ContainersClient:
         body = self._dialect.create_body(request.wire())
 
         def recover(err: HearthError) -> Container | None:
-            found = self.find_container_by_name(request.name)
-            if found is not None:
-                log.info("create %s: adopted %s made by an earlier try", request.name, found.id)
+            # Only a usable one: an expired namesake is an old container, never this create's result.
+            usable = [c for c in self.list_containers(name=request.name) if c.usable]
+            if not usable:
+                return None
+            found = max(usable, key=lambda c: c.created_at)
+            log.info("create %s: adopted %s made by an earlier try", request.name, found.id)
             return found
 
         return self._retrying(
@@ -466,7 +539,9 @@ class ContainersClient:
                 base = _basename(f.path)
                 same_name = base == src.filename or base.endswith("-" + src.filename)
                 same_size = src.size is None or f.bytes is None or f.bytes == src.size
-                if same_name and same_size and f.source != "assistant":
+                if same_name and same_size and f.source != "assistant" and self._holds(
+                    src, functools.partial(self.download_file, container_id, f.id)
+                ):
                     return f
             return None
 
@@ -487,6 +562,7 @@ class ContainersClient:
 
         path = f"containers/{_seg(container_id)}/files"
         body = CreateContainerFileByIdRequest(file_id=file_id).model_dump(mode="json")
+        before = self._existing(path, ContainerFileList)  # never adopted: see upload_file
 
         def recover(err: HearthError) -> ContainerFile | None:
             # Backends name a copy /mnt/data/<filename> or /mnt/data/<file_id>-<filename>.
@@ -495,7 +571,7 @@ class ContainersClient:
                 base = _basename(f.path)
                 named = base in (meta.filename, file_id) or base.startswith(f"{file_id}-")
                 sized = f.bytes is None or meta.bytes is None or f.bytes == meta.bytes
-                if named and sized and f.source != "assistant":
+                if named and sized and f.source != "assistant" and f not in before:
                     return f
             return None
 
@@ -526,7 +602,8 @@ class ContainersClient:
 
         def adopt() -> FileObject | None:
             for f in self.list_input_files(purpose=purpose):
-                if f.filename == src.filename and (src.size is None or f.bytes is None or f.bytes == src.size):
+                same = f.filename == src.filename and (src.size is None or f.bytes is None or f.bytes == src.size)
+                if same and self._holds(src, functools.partial(self.download_input_file, f.id)):
                     return f
             return None
 

@@ -277,7 +277,9 @@ class ContainersClient:
             response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             self._observe(method, path, "error", started)
-            raise TransportError(f"{what}: {type(exc).__name__}: {redact(str(exc), self._secrets())}") from exc
+            # from None: the httpx cause's text (and its request's URL) is not redacted, and a
+            # traceback prints it; the redacted message keeps the cause's type name.
+            raise TransportError(f"{what}: {type(exc).__name__}: {redact(str(exc), self._secrets())}") from None
         self._observe(method, path, response.status_code, started)
         if response.status_code >= 400:
             try:
@@ -307,19 +309,19 @@ class ContainersClient:
     def _parse(self, response: httpx.Response, model: type[M], what: str) -> M:
         try:
             data = response.json()
-        except ValueError as exc:
+        except ValueError:
             kind = response.headers.get("content-type", "no content type")
             excerpt = redact(response.text[:120], self._secrets())
             raise MalformedResponse(
                 f"{what}: response is not JSON (HTTP {response.status_code}, {kind}): {excerpt!r}",
                 status=response.status_code,
-            ) from exc
+            ) from None
         try:
             return model.model_validate(data)
         except ValidationError as exc:
             raise MalformedResponse(
                 f"{what}: response is not a valid {model.__name__}: {_describe(exc)}", status=response.status_code
-            ) from exc
+            ) from None
 
     def _once(
         self,
@@ -431,7 +433,7 @@ class ContainersClient:
                     # into 1 MiB by httpx, which copies every byte once more (issue 3's gap).
                     return copy_to_sink(response.iter_bytes(), target, on_chunk=self._renewer(slot))
                 except httpx.HTTPError as exc:
-                    raise TransportError(f"{what}: {type(exc).__name__} after {target.written} bytes") from exc
+                    raise TransportError(f"{what}: {type(exc).__name__} after {target.written} bytes") from None
                 finally:
                     response.close()
 

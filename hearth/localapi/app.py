@@ -43,7 +43,7 @@ from hearth.api.models import (
 from hearth.clock import Clock
 from hearth.errors import APIError, AuthError, BadRequest
 from hearth.localapi import wire
-from hearth.localapi.faults import FaultInjector, FaultMiddleware, split_prefix
+from hearth.localapi.faults import DroppedConnection, FaultInjector, FaultMiddleware, split_prefix
 from hearth.localapi.multipart import parse_multipart
 from hearth.localapi.store import Store
 from hearth.localapi.validation import from_validation_error, parse_choice, parse_int, parse_json_object
@@ -295,8 +295,7 @@ class LocalAPI:
 
     def _upload_path(self, filename: str | None) -> str:
         # OpenAI's shape: /mnt/data/<32 hex>-<file name>. Only the base name of what the client sent.
-        base = posixpath.basename((filename or "").replace("\\", "/")) or "file"
-        return f"/mnt/data/{self._token_hex(16)}-{base}"
+        return f"/mnt/data/{self._token_hex(16)}-{safe_filename(filename)}"
 
     async def create_container_file(self, request: Request) -> Response:
         ctx = self._ctx(request, "container_file_create")
@@ -381,7 +380,7 @@ class LocalAPI:
                 raise BadRequest("Missing required parameter: 'purpose'.", status=400, param="purpose")
             parse_choice("purpose", purpose, default="", choices=FILE_PURPOSES)
             seconds = self._file_expiry(upload.fields, purpose)
-            filename = posixpath.basename((upload.filename or "").replace("\\", "/")) or "file"
+            filename = safe_filename(upload.filename)
             row = await self._run(
                 self.store.create_file,
                 ctx.tenant,
@@ -523,7 +522,19 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, exc.status_code, message)
 
 
+def safe_filename(filename: str | None) -> str:
+    """The base name of a client's file name; "", "." and ".." (which would name a directory) become "file".
+
+    One rule for both upload paths: a Files-API name later becomes a container path ``/mnt/data/<name>``.
+    """
+    base = posixpath.basename((filename or "").replace("\\", "/"))
+    return "file" if base in ("", ".", "..") else base
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, DroppedConnection):
+        # An injected drop is the point, not a bug; the response has started, so this one is unused.
+        return Response(status_code=500)
     # A bug, not an input: logged with its traceback, answered in the envelope all the same.
     log.exception("local API: unexpected error on %s %s", request.method, request.url.path)
     return _error_response(

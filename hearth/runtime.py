@@ -56,8 +56,12 @@ class Runtime:
         client: ContainersClient,
         clock: Clock | None = None,
         observer: Observer | None = None,
+        publish_pools: bool = False,
     ) -> None:
         self.settings = settings
+        # Processes that act (worker, heartbeat) share the last good pools file through Redis;
+        # read-only commands (`plan`, `status`) only read it, so they change nothing.
+        self.publish_pools = publish_pools
         self.clock: Clock = clock or SystemClock()
         self.redis = redis_client
         self.client = client
@@ -80,6 +84,7 @@ class Runtime:
         clock: Clock | None = None,
         transport: httpx.BaseTransport | None = None,
         observer: Observer | None = None,
+        publish_pools: bool = False,
     ) -> Runtime:
         settings = settings or Settings()
         url = settings.resolved_redis_url
@@ -96,7 +101,8 @@ class Runtime:
         client = ContainersClient.from_settings(
             settings, redis=redis_client, transport=transport, clock=clock, observer=observer
         )
-        return cls(settings, redis_client=redis_client, client=client, clock=clock, observer=observer)
+        return cls(settings, redis_client=redis_client, client=client, clock=clock, observer=observer,
+                   publish_pools=publish_pools)
 
     def __repr__(self) -> str:
         return f"Runtime(backend={self.settings.backend.value!r}, api={self.client.base_url!r})"
@@ -142,6 +148,8 @@ class Runtime:
 
     def _save_last_good(self, path: Path) -> None:
         # The raw text (secrets are only ever `value_env` references, never values), best effort.
+        if not self.publish_pools:
+            return
         with contextlib.suppress(OSError, redis.RedisError):
             self.redis.set(self._last_good_key(path), path.read_text(encoding="utf-8"))
 

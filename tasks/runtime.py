@@ -41,7 +41,7 @@ def current_runtime() -> Runtime:
     with _lock:
         if _runtime is None:
             settings = getattr(current_app.conf, "hearth_settings", None) or Settings()
-            _runtime = Runtime.from_settings(settings, observer=_observer)
+            _runtime = Runtime.from_settings(settings, observer=_observer, publish_pools=True)
             atexit.register(close_runtime)
         return _runtime
 

@@ -102,7 +102,7 @@ def run_heartbeat(settings: Settings | None = None, *, stop_event: threading.Eve
 
     settings = settings or Settings()
     obs = setup_observability(settings, component="heartbeat")
-    runtime = Runtime.from_settings(settings, observer=obs.observer)
+    runtime = Runtime.from_settings(settings, observer=obs.observer, publish_pools=True)
     beat = Heartbeat(runtime, create_app(settings))
     scheduler = BlockingScheduler(timezone="UTC")
     scheduler.add_job(beat.tick, "interval", seconds=settings.heartbeat_interval, id="tick",

@@ -259,6 +259,9 @@ def test_hearth_status_shows_pools_error_after_an_invalid_edit(pools_env: PoolEn
     pools_env.write_input("inputs/alpha.txt", b"alpha\n")
     pools_env.write_input("inputs/beta.txt", b"beta\n")
     path = pools_env.write_pools(TWO_POOLS)
+    # A running worker or heartbeat publishes the file it runs on (read-only commands never write).
+    hearth_runtime.publish_pools = True
+    hearth_runtime.pools()
     first = hearth_status(pools_env)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["pools_error"] is None

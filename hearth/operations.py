@@ -359,6 +359,7 @@ class Operations:
         ready = self.store.transition(
             name, State.HARVESTING, State.READY, deadline=self._deadline(container, record),
             lease_id=None, token=None, lease_expires_at=None, leased_at=None, holder=None, session_key_hash=None,
+            harvest_target=None,  # the next lessee gets its own root (a {lease_id} template differs)
         )
         log_event(log, "container.recycled", pool=record.pool, name=name, container_id=cid)
         return Outcome(name, "recycle", ready.state.value, cid)

@@ -212,6 +212,8 @@ def test_a_reused_container_is_harvested_and_cleaned_before_the_next_lease(
     files = client.containers.files.list(first.container_id)
     names = sorted(f.path.rsplit("/", 1)[-1].split("-", 1)[-1] for f in files)
     assert names == ["data.csv"]
+    recycled = runtime.store.by_container_id(first.container_id)
+    assert recycled is not None and recycled.harvest_target is None  # the next lessee gets its own root
     second = pools.lease("beta")
     assert second.container_id == first.container_id and second.lease_id != first.lease_id
     assert second.token > first.token

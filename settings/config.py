@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from settings.faults import FaultConfig
@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HEARTH_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
         populate_by_name=True,
+        hide_input_in_errors=True,  # a bad value may be a secret: errors name the field, never echo it
     )
 
     # --- backend ---------------------------------------------------------------------------
@@ -153,6 +154,15 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("SENTRY_DSN", "HEARTH_SENTRY_DSN", "sentry_dsn"),
         description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
     )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _no_credentials_in_storage_url(cls, url: str | None) -> str | None:
+        from settings.pools import CREDENTIALS_IN_URL, url_has_credentials
+
+        if url is not None and url_has_credentials(url):
+            raise ValueError(CREDENTIALS_IN_URL)
+        return url
 
     @model_validator(mode="after")
     def _fall_back_to_openai_key(self) -> Settings:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -467,8 +467,25 @@ class OutputRules(_Model):
         if unknown:
             known = ", ".join("{" + n + "}" for n in sorted(TARGET_PLACEHOLDERS))
             raise _problem(f"unknown placeholder(s) {', '.join(unknown)} in target (known: {known})")
+        if url_has_credentials(target):
+            raise _problem(CREDENTIALS_IN_URL)
         return target
 
+
+
+CREDENTIALS_IN_URL = (
+    "a storage URL must not carry a password or token (it would be stored and shown with every harvest); "
+    "give credentials to the storage library instead (environment variables or its config file)"
+)
+
+
+def url_has_credentials(url: str) -> bool:
+    """``scheme://user:secret@host/…`` or a ``?password=``/``token=``/``secret=``/``key=`` query parameter."""
+    parts = urlsplit(url)
+    if parts.password:
+        return True
+    return any(k.lower() in ("password", "pass", "token", "secret", "key", "access_token", "sig")
+               for k, _ in parse_qsl(parts.query))
 
 
 class Keepalive(_Model):

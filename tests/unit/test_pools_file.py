@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from settings.config import Settings
 from settings.pools import (
     ContainerOptions,
     InputSpec,
@@ -691,3 +692,15 @@ def test_schema_is_json_schema_that_accepts_the_example(cli: CliRunner) -> None:
         jsonschema.validate({"version": 1, "pools": {"p": {"min_redy": 1}}}, schema)
     assert "name" not in schema["$defs"]["PoolSpec"]["properties"]
     assert "as" in schema["$defs"]["InputSpec"]["properties"]
+
+
+@pytest.mark.parametrize("url", ["sftp://me:hunter2@host/out/{pool}", "s3://bucket/out?token=abc", "az://c/x?sig=zz"])
+def test_storage_urls_with_credentials_are_refused_without_echoing_them(tmp_path: Path, url: str) -> None:
+    with pytest.raises(PoolsFileError) as err:
+        parse(f"version: 1\npools:\n  a: {{outputs: {{target: '{url}'}}}}\n", tmp_path)
+    assert "must not carry a password" in str(err.value)
+    for secret in ("hunter2", "abc", "zz"):
+        assert f"{secret}@" not in str(err.value) and f"={secret}" not in str(err.value)
+    with pytest.raises(ValueError, match="must not carry a password") as bad:
+        Settings(storage_url=url, _env_file=None)  # type: ignore[call-arg]
+    assert url not in str(bad.value)

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# Every faultable endpoint of the local API (hearth/localapi/faults.py maps routes to these; it
+# imports this tuple, since settings cannot import hearth).
+ENDPOINT_NAMES: tuple[str, ...] = (
+    "containers.create", "containers.list", "containers.retrieve", "containers.delete",
+    "files.create", "files.list", "files.retrieve", "files.delete", "files.content",
+    "uploads.create", "uploads.list", "uploads.retrieve", "uploads.delete", "uploads.content",
+)
 
 
 class EndpointFaults(BaseModel):
@@ -44,6 +52,15 @@ class FaultConfig(EndpointFaults):
             "retrieve|delete|content (the Files API). Default none."
         ),
     )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_endpoints(cls, value: dict[str, EndpointFaults]) -> dict[str, EndpointFaults]:
+        # A misspelt name would otherwise configure nothing, silently.
+        unknown = sorted(set(value) - set(ENDPOINT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown endpoint name(s) {unknown}; known: {', '.join(ENDPOINT_NAMES)}")
+        return value
 
     def for_endpoint(self, name: str) -> EndpointFaults:
         return self.endpoints.get(name, self)

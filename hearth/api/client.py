@@ -42,7 +42,7 @@ from hearth.api.models import (
 from hearth.api.retry import RetryPolicy
 from hearth.api.transfer import Download, MultipartUpload, RewindableSink, UploadSource, copy_to_sink
 from hearth.clock import Clock, SystemClock
-from hearth.errors import ConfigError, HearthError, MalformedResponse, NotFound, TransportError
+from hearth.errors import ConfigError, HearthError, MalformedResponse, NotFound, StorageError, TransportError
 from hearth.events import Observer
 
 if TYPE_CHECKING:
@@ -240,8 +240,12 @@ class ContainersClient:
         def tick(_: int) -> None:
             now = self._clock.now()
             if now - last[0] >= every:
-                slot.renew()
                 last[0] = now
+                try:
+                    slot.renew()
+                except StorageError as exc:
+                    # A Redis blip must not abort a long transfer; the slot only risks expiring early.
+                    log.warning("limiter slot renewal failed, transfer continues: %s", exc)
 
         return tick
 

@@ -50,6 +50,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth.localapi.wire import Dialect, error_body
+from settings.faults import ENDPOINT_NAMES as ENDPOINT_NAMES  # re-exported: the names live in settings
 from settings.faults import FaultConfig
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
@@ -73,7 +74,6 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("GET", r"^/files/[^/]+/content/?$", "uploads.content"),
     )
 )
-ENDPOINT_NAMES: tuple[str, ...] = tuple(dict.fromkeys(name for _, _, name in _ROUTES))
 
 log = logging.getLogger(__name__)
 

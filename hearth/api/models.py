@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, model_validator
 
 MemoryLimit = Literal["1g", "4g", "16g", "64g"]
 MEMORY_LIMITS: tuple[str, ...] = ("1g", "4g", "16g", "64g")
@@ -21,9 +21,20 @@ FILE_PURPOSES: tuple[str, ...] = ("assistants", "batch", "fine-tune", "vision", 
 
 
 class _Response(BaseModel):
-    """Base of everything a backend sends: unknown fields are kept, never an error."""
+    """Base of everything a backend sends: unknown fields are kept, never an error.
+
+    Except a gateway's ``extra_fields``: Bifrost puts the raw request there, which echoes a create
+    body's ``domain_secrets`` values; nothing Hearth needs is in it, so it is dropped on arrival.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_gateway_echo(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "extra_fields" in data:
+            data = {k: v for k, v in data.items() if k != "extra_fields"}
+        return data
 
 
 class _Request(BaseModel):

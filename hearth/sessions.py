@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
@@ -55,7 +55,7 @@ from hearth.files.harvest import HarvestPolicy, HarvestReport
 from hearth.files.inputs import restore_name
 from hearth.files.lock import TokenFactory, random_token
 from hearth.files.manifest import MANIFEST_KEY, Manifest, ManifestEntry
-from hearth.files.paths import relative_container_path
+from hearth.files.paths import CONTAINER_ROOT, relative_container_path
 from hearth.files.storage import StorageTarget
 from hearth.operations import all_but_inputs_policy, harvest_lock, harvest_under, pinned_target
 from hearth.pool.leases import Lease
@@ -471,28 +471,29 @@ class Sessions:
         for past in rec.history:
             if past.container_id == rec.container_id:
                 continue
+            # What an earlier restore put into this container came back as an upload under its restored
+            # name: it is still the file at its original path (else each restore adds a stale copy of it).
+            restored_as = {name: path for path, name in _names(by_path).items()}
             target = StorageTarget.from_url(past.target, clock=self.clock)
             manifest = self._manifest(target, past.container_id)
             entries = list(manifest.files.values()) if manifest is not None else []
+            written: set[str] = set()  # paths this container wrote itself: newer than a copy restored into it
             for entry in sorted(entries, key=lambda e: (e.created_at, e.file_id)):
                 name = restore_name(entry.container_path)
                 if entry.source != "assistant" and name in input_sizes and input_sizes[name] in (None, entry.bytes):
                     continue  # the pool's input: the fresh container has it already
-                by_path[_restore_path(entry.container_path)] = (target, entry)  # later containers win
-        plan: dict[str, tuple[StorageTarget, ManifestEntry]] = {}
-        renamed: dict[str, str] = {}
-        taken: set[str] = set()
-        for path in sorted(by_path, key=lambda p: (p.count("/"), p)):  # top-level files keep their names
-            base = path.rsplit("/", 1)[-1]
-            name = base if base not in taken else path.replace("/", "__")
-            while name in taken:
-                name = "_" + name
-            taken.add(name)
-            plan[name] = by_path[path]
-            if name != base:
-                renamed[by_path[path][1].container_path] = name
-        rec.renamed = renamed
-        return plan
+                path = _restore_path(entry.container_path)
+                if entry.source != "assistant" and path in restored_as:
+                    path = restored_as[path]
+                    if path in written:
+                        continue  # created_at is whole seconds: a write in the restore's second sorts either way
+                else:
+                    written.add(path)
+                by_path[path] = (target, entry)  # later containers win
+        names = _names(by_path)
+        # Keyed by the original path (the newest copy may be a restored upload, named otherwise).
+        rec.renamed = {CONTAINER_ROOT + path: name for path, name in names.items() if name != path.rsplit("/", 1)[-1]}
+        return {name: by_path[path] for path, name in names.items()}
 
     def _manifest(self, target: StorageTarget, container_id: str) -> Manifest | None:
         try:
@@ -609,6 +610,21 @@ class Sessions:
                 "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
                 1, key, token,
             )
+
+
+def _names(paths: Iterable[str]) -> dict[str, str]:
+    """Path below /mnt/data -> restored name: top-level files keep their names, then the first path
+    (sorted) keeps a base name and the others get their directories in it (``b__report.csv``)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path in sorted(paths, key=lambda p: (p.count("/"), p)):
+        base = path.rsplit("/", 1)[-1]
+        name = base if base not in taken else path.replace("/", "__")
+        while name in taken:
+            name = "_" + name
+        taken.add(name)
+        names[path] = name
+    return names
 
 
 def _restore_path(container_path: str) -> str:

@@ -8,6 +8,12 @@ lease takes a fresh container and restores into it every file the session had, f
 storage, and says so (``restored=True``, ``restored_files``). Python variables are lost; files are
 not.
 
+Identity across generations: a file restored into a container is an upload there, under another
+path (``/mnt/data/<32 hex>-b__report.csv``), and that container's harvest saves it again. Each
+restore records the uploaded container-file id -> the original path on the container's history
+entry (``SessionContainer.restored``), so a later restore knows that manifest entry IS
+``/mnt/data/b/report.csv`` by its id, not by guessing from names or timestamps.
+
 Where the files come from: a session container is harvested with source ``any`` (the files the
 code wrote *and* the app's uploads), minus the pool's own inputs (the fresh container already has
 those). Every container a session ever had is remembered with its harvest target, the one target every
@@ -33,7 +39,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -88,6 +94,8 @@ class SessionContainer(BaseModel):
     target: str  # the rendered harvest URL (the container's own root, with its manifest.json)
     bound_at: float
     lease_id: str | None = None
+    # Container-file id -> original container path, for each file a restore uploaded into this container.
+    restored: dict[str, str] = {}
 
 
 class SessionRecord(BaseModel):
@@ -109,6 +117,14 @@ class SessionRecord(BaseModel):
     history: list[SessionContainer] = []
     restored_files: list[str] = []
     renamed: dict[str, str] = {}  # container path -> restored name, for files whose base names collided
+
+
+class RestoreItem(NamedTuple):
+    """One file a restore brings back: its original container path, and its newest saved version."""
+
+    original: str  # e.g. /mnt/data/b/report.csv, whatever name the newest copy had
+    target: StorageTarget
+    entry: ManifestEntry
 
 
 @dataclass(frozen=True)
@@ -457,13 +473,20 @@ class Sessions:
         if self.rt.redis.set(self._key(sid, "harvest"), "1", nx=True, px=max(1, int(self.harvest_every * 1000))):
             self.enqueue("hearth.session_harvest", [sid])
 
-    def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, tuple[StorageTarget, ManifestEntry]]:
-        """Restored name -> where its newest saved version is, over every earlier container of the session.
+    def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, RestoreItem]:
+        """Restored name -> the file's original path and where its newest saved version is, over every
+        earlier container of the session.
 
         Keyed by the file's path below ``/mnt/data`` (an upload's by its name): ``a/report.csv`` and
         ``b/report.csv`` are two files. Restored files are uploads, which the backend keeps by base name,
         so when base names collide the first path (sorted) keeps the name and the others get their
         directories in it (``b__report.csv``); ``rec.renamed`` says which path became which name.
+
+        A manifest entry whose file id an earlier restore recorded for that container is the original
+        path's file. Every other entry is the container's own (its code wrote it or the app uploaded
+        it): a later container's own version beats an earlier one's, and within one container an own
+        version beats the copy restored into it (it was written after the restore, whatever the
+        whole-second ``created_at`` says), then the manifest's order decides.
         """
         items, _ = self.rt.inputs(spec)
         input_sizes = {i.dest_name: i.size for i in items if i.dest_name}
@@ -471,29 +494,25 @@ class Sessions:
         for past in rec.history:
             if past.container_id == rec.container_id:
                 continue
-            # What an earlier restore put into this container came back as an upload under its restored
-            # name: it is still the file at its original path (else each restore adds a stale copy of it).
-            restored_as = {name: path for path, name in _names(by_path).items()}
             target = StorageTarget.from_url(past.target, clock=self.clock)
             manifest = self._manifest(target, past.container_id)
             entries = list(manifest.files.values()) if manifest is not None else []
-            written: set[str] = set()  # paths this container wrote itself: newer than a copy restored into it
+            copies: dict[str, ManifestEntry] = {}  # original path -> the copy restored into this container
+            own: dict[str, ManifestEntry] = {}  # path -> this container's own newest version
             for entry in sorted(entries, key=lambda e: (e.created_at, e.file_id)):
+                original = past.restored.get(entry.file_id)
+                if original is not None:
+                    copies[_restore_path(original)] = entry
+                    continue
                 name = restore_name(entry.container_path)
                 if entry.source != "assistant" and name in input_sizes and input_sizes[name] in (None, entry.bytes):
                     continue  # the pool's input: the fresh container has it already
-                path = _restore_path(entry.container_path)
-                if entry.source != "assistant" and path in restored_as:
-                    path = restored_as[path]
-                    if path in written:
-                        continue  # created_at is whole seconds: a write in the restore's second sorts either way
-                else:
-                    written.add(path)
+                own[_restore_path(entry.container_path)] = entry
+            for path, entry in (copies | own).items():
                 by_path[path] = (target, entry)  # later containers win
         names = _names(by_path)
-        # Keyed by the original path (the newest copy may be a restored upload, named otherwise).
         rec.renamed = {CONTAINER_ROOT + path: name for path, name in names.items() if name != path.rsplit("/", 1)[-1]}
-        return {name: by_path[path] for path, name in names.items()}
+        return {name: RestoreItem(CONTAINER_ROOT + path, *by_path[path]) for path, name in names.items()}
 
     def _manifest(self, target: StorageTarget, container_id: str) -> Manifest | None:
         try:
@@ -512,14 +531,20 @@ class Sessions:
         session lock while a long restore runs).
         """
         assert rec.container_id is not None
+        here = rec.history[-1] if rec.history else None
+        if here is None or here.container_id != rec.container_id:
+            raise HearthError(f"session {rec.session_id}: current container missing from its history")
         plan = self.restore_plan(rec, spec)
-        present: dict[str, set[int | None]] = {}
+        present: dict[str, dict[int | None, str]] = {}  # restored name -> bytes -> container-file id
         for f in self.rt.client.list_files(rec.container_id, order="asc"):
             if f.source != "assistant":
-                present.setdefault(restore_name(f.path), set()).add(f.bytes)
+                present.setdefault(restore_name(f.path), {})[f.bytes] = f.id
         done: list[str] = []
-        for name, (target, entry) in plan.items():
-            if entry.bytes in present.get(name, set()):
+        restored: dict[str, str] = {}  # container-file id -> original path (the file's identity next time)
+        for name, (original, target, entry) in plan.items():
+            already = present.get(name, {}).get(entry.bytes)
+            if already is not None:  # a resumed restore: uploaded before the interruption
+                restored[already] = original
                 done.append(name)
                 continue
             with target.open_read(entry.storage_key) as fh:
@@ -530,9 +555,11 @@ class Sessions:
                     self.rt.client.delete_file(rec.container_id, uploaded.id)
                 raise StorageError(f"restore of {name}: the stored object does not match its manifest entry "
                                    f"({entry.bytes} bytes, sha256 {entry.sha256[:12]}…)")
+            restored[uploaded.id] = original
             done.append(name)
             if renew is not None:
                 renew()
+        here.restored = restored  # saved with the record when the restore finishes
         return done
 
     # --- end -----------------------------------------------------------------------------------

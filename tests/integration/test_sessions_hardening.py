@@ -13,6 +13,7 @@ behind the test's back. The Runtime's ``OffsetClock`` moves together with the se
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,16 @@ def test_a_second_restore_brings_each_file_back_once_with_its_newest_bytes(
     local_api.write_assistant_file(second.container_id, "/mnt/data/out/table.csv", b"v2\n")
     report = sessions.harvest(second.session_id)
     assert report is not None and report.complete and report.files == 4
+    # The restore recorded which upload in container 2 is which original file, by container-file id.
+    rec = sessions.get(KEY)
+    assert rec is not None and [h.container_id for h in rec.history] == [first.container_id, second.container_id]
+    uploads = {f.id: restore_name(f.path) for f in client.containers.files.list(second.container_id)
+               if f.source != "assistant"}
+    assert set(rec.history[1].restored) == set(uploads)  # every restored upload is in the map, nothing else
+    assert sorted(rec.history[1].restored.values()) == [
+        "/mnt/data/a/report.csv", "/mnt/data/b/report.csv", "/mnt/data/out/table.csv"]
+    assert rec.history[0].restored == {}
+
     advance_both(local_api, hearth_clock, 11 * 60)
     refill(rt, 1)
 
@@ -251,3 +262,72 @@ def test_a_second_restore_brings_each_file_back_once_with_its_newest_bytes(
     assert sorted(third.restored_files) == ["b__report.csv", "report.csv", "table.csv"]
     assert third.renamed == {"/mnt/data/b/report.csv": "b__report.csv"}
     assert contents(client, third.container_id) == {"report.csv": a, "b__report.csv": b, "table.csv": b"v2\n"}
+
+
+def test_an_app_upload_named_like_a_restored_copy_is_its_own_file(
+    rt: Runtime, sessions: Sessions, local_api: LocalAPI, hearth_clock: OffsetClock,
+) -> None:
+    """Identity is the restored upload's id, not its name: the app uploading its own ``b__report.csv``
+    into container 2 does not replace ``/mnt/data/b/report.csv`` (a name-based guess would lose b's bytes)."""
+    client = sdk(local_api)
+    first = sessions.lease("alpha", KEY)
+    a, b, mine = b"a\n" + os.urandom(300), b"b\n" + os.urandom(400), b"app's own\n" + os.urandom(500)
+    local_api.write_assistant_file(first.container_id, "/mnt/data/a/report.csv", a)
+    local_api.write_assistant_file(first.container_id, "/mnt/data/b/report.csv", b)
+    report = sessions.harvest(first.session_id)
+    assert report is not None and report.complete and report.files == 2
+    advance_both(local_api, hearth_clock, 11 * 60)
+    refill(rt, 1)
+
+    second = sessions.lease("alpha", KEY)
+    assert second.restored and second.renamed == {"/mnt/data/b/report.csv": "b__report.csv"}
+    advance_both(local_api, hearth_clock, 5)  # the app's upload is newer than the restored copy
+    client.containers.files.create(second.container_id, file=("b__report.csv", mine))
+    report = sessions.harvest(second.session_id)
+    assert report is not None and report.complete and report.files == 3
+    advance_both(local_api, hearth_clock, 11 * 60)
+    refill(rt, 1)
+
+    third = sessions.lease("alpha", KEY)
+    assert third.restored and sorted(third.restored_files) == ["_b__report.csv", "b__report.csv", "report.csv"]
+    # The app's top-level upload keeps its name; b/report.csv steps aside, still keyed by its original path.
+    assert third.renamed == {"/mnt/data/b/report.csv": "_b__report.csv"}
+    assert contents(client, third.container_id) == {"report.csv": a, "_b__report.csv": b, "b__report.csv": mine}
+
+
+def test_a_containers_own_write_beats_the_copy_restored_into_it_whatever_created_at_says(
+    rt: Runtime, sessions: Sessions, local_api: LocalAPI, hearth_clock: OffsetClock,
+) -> None:
+    """created_at is whole seconds and a restore's uploads may share a second with the code's next write
+    (or sort after it): the container's own version wins because it is its own, not because of a time."""
+    client = sdk(local_api)
+    first = sessions.lease("alpha", KEY)
+    local_api.write_assistant_file(first.container_id, "/mnt/data/out/table.csv", b"v1\n")
+    report = sessions.harvest(first.session_id)
+    assert report is not None and report.complete and report.files == 1
+    advance_both(local_api, hearth_clock, 11 * 60)
+    refill(rt, 1)
+
+    second = sessions.lease("alpha", KEY)
+    assert second.restored and second.restored_files == ["table.csv"]
+    local_api.write_assistant_file(second.container_id, "/mnt/data/out/table.csv", b"v2\n")
+    report = sessions.harvest(second.session_id)
+    assert report is not None and report.complete and report.files == 2
+
+    # Make the worst case certain: the restored copy's created_at after the own write's.
+    rec = sessions.get(KEY)
+    assert rec is not None
+    target, saved = saved_entries(rec)
+    copy_path = next(p for p in saved if p != "/mnt/data/out/table.csv")
+    assert saved[copy_path].file_id in rec.history[1].restored
+    doc = json.loads(target.read_bytes(MANIFEST_KEY) or b"")
+    for raw in doc["files"]:
+        if raw["container_path"] == copy_path:
+            raw["created_at"] = saved["/mnt/data/out/table.csv"].created_at + 60
+    Path(target.path(MANIFEST_KEY)).write_text(json.dumps(doc))
+
+    advance_both(local_api, hearth_clock, 11 * 60)
+    refill(rt, 1)
+    third = sessions.lease("alpha", KEY)
+    assert third.restored and third.restored_files == ["table.csv"] and third.renamed == {}
+    assert contents(client, third.container_id) == {"table.csv": b"v2\n"}

@@ -2,8 +2,9 @@
 
 ``until`` polls a condition (optionally stepping the system, e.g. one heartbeat tick, each round);
 ``sdk`` is the official ``openai`` client pointed at a local API, the independent view of what exists
-on the server; ``celery_enqueue`` and ``inline_enqueue`` are the two ways a test hands an Applier's
-actions to workers: a real Celery worker, or the test's own Runtime (deterministic, same clock).
+on the server; ``RecordingClock`` is a ManualClock that keeps every sleep asked of it, so a test checks
+the pace a client chose, never wall time; ``celery_enqueue`` and ``inline_enqueue`` are the two ways a
+test hands an Applier's actions to workers: a real Celery worker, or the test's own Runtime (deterministic, same clock).
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ from typing import Any
 import openai
 from celery import Celery
 
-from hearth.clock import OffsetClock
+from hearth.clock import ManualClock, OffsetClock
 from hearth.operations import Operations
 from hearth.planner import Enqueue
 from hearth.runtime import Runtime
 from tests.fixtures.localapi import LocalAPI
+
+
+class RecordingClock(ManualClock):
+    """A ManualClock that records each sleep (the test reads ``sleeps``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        super().sleep(seconds)
 
 
 def until(predicate: Callable[[], Any], *, timeout: float = 60.0, step: Callable[[], object] | None = None,

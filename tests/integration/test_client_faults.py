@@ -18,19 +18,9 @@ import pytest
 from hearth.api.client import ContainersClient
 from hearth.api.models import CreateContainerRequest
 from hearth.api.retry import RetryPolicy
-from hearth.clock import ManualClock
 from hearth.errors import RateLimited, TransportError
 from tests.fixtures.localapi import LocalAPI
-
-
-class RecordingClock(ManualClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        super().sleep(seconds)
+from tests.helpers import RecordingClock
 
 
 @pytest.fixture

@@ -8,19 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from hearth.api.retry import RetryPolicy
-from hearth.clock import ManualClock
 from hearth.errors import BadRequest, HearthError, RateLimited, ServerError, TransportError
 from settings.config import Settings
-
-
-class RecordingClock(ManualClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        super().sleep(seconds)
+from tests.helpers import RecordingClock
 
 
 def failing(errors: list[HearthError], result: str = "ok") -> tuple[list[int], Callable[[], str]]:

@@ -7,7 +7,6 @@ uses an ``OffsetClock`` moved together with the server's clock, so both see the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from hearth.runtime import Runtime
 from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.helpers import until
 
 POOLS = """
 version: 1
@@ -61,16 +61,6 @@ def runtime(env: dict[str, str], clock: OffsetClock, monkeypatch: pytest.MonkeyP
     yield rt
     rt.close()
 
-
-def until(predicate: Callable[[], bool], step: Callable[[], object] | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step is not None:
-            step()
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError("condition not reached in time")
 
 
 def harvested(root: Path, name: str) -> list[Path]:

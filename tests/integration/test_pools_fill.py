@@ -23,6 +23,7 @@ from hearth.runtime import Runtime
 from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.helpers import sdk, until
 from worker.heartbeat import Heartbeat
 
 POOLS = """
@@ -72,23 +73,10 @@ def runtime(pool_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterat
     rt.close()
 
 
-def sdk(local_api: LocalAPI) -> openai.OpenAI:
-    return openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
-
 
 def ours(client: openai.OpenAI) -> list[Any]:
     return [c for c in client.containers.list(limit=100) if c.name.startswith("hearth-alpha-")]
 
-
-def until(predicate: Callable[[], bool], *, timeout: float = 90.0, step: Callable[[], None] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step is not None:
-            step()
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError("condition not reached in time")
 
 
 def ready(rt: Runtime) -> list[str]:
@@ -105,7 +93,7 @@ def test_pool_fills_to_min_ready_with_inputs_inside(
     def step() -> None:
         tick(runtime, lambda name, args: celery_app.send_task(name, args=args))
 
-    until(lambda: len(ready(runtime)) == 3, step=step)
+    until(lambda: len(ready(runtime)) == 3, step=step, timeout=90.0)
 
     client = sdk(local_api)
     remote = ours(client)
@@ -126,7 +114,7 @@ def test_clock_jump_expires_containers_and_next_ticks_replace_them(
     write_pools(pool_env, min_ready=2, max_total=4)
     start_worker(pool_env, concurrency=4)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
-    until(lambda: len(ready(runtime)) == 2, step=lambda: tick(runtime, send))
+    until(lambda: len(ready(runtime)) == 2, step=lambda: tick(runtime, send), timeout=90.0)
     before = set(ready(runtime))
 
     local_api.advance_clock(11 * 60)  # past expires_after: the server expires both
@@ -136,11 +124,11 @@ def test_clock_jump_expires_containers_and_next_ticks_replace_them(
     def step() -> None:
         tick(runtime, send, remote=Planner(runtime).remote())  # the heartbeat's periodic listing
 
-    until(lambda: len(ready(runtime)) == 2 and not (set(ready(runtime)) & before), step=step)
+    until(lambda: len(ready(runtime)) == 2 and not (set(ready(runtime)) & before), step=step, timeout=90.0)
     after = set(ready(runtime))
     assert {client.containers.retrieve(cid).status for cid in after} == {"running"}
     # The expired ones were retired (deleted), not left behind.
-    until(lambda: {c.id for c in ours(client)} == after, step=step)
+    until(lambda: {c.id for c in ours(client)} == after, step=step, timeout=90.0)
 
 
 def test_two_heartbeats_create_no_more_than_one(
@@ -162,7 +150,7 @@ def test_two_heartbeats_create_no_more_than_one(
     for t in threads:
         t.start()
     try:
-        until(lambda: len(ready(runtime)) == 3)
+        until(lambda: len(ready(runtime)) == 3, timeout=90.0)
         time.sleep(2)  # keep both ticking a while after the pool is full
     finally:
         stop.set()

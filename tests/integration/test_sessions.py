@@ -30,6 +30,7 @@ from hearth.sessions import Sessions, restore_name, session_hash
 from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.helpers import sdk, until
 
 POOLS = """
 version: 1
@@ -93,23 +94,10 @@ def filled(
 ) -> Runtime:
     """A worker running and pool ``alpha`` holding two READY containers."""
     start_worker(pool_env, concurrency=3)
-    until(lambda: len(runtime.store.records("alpha", State.READY)) >= 2, step=lambda: tick(runtime, send))
+    until(lambda: len(runtime.store.records("alpha", State.READY)) >= 2, step=lambda: tick(runtime, send), timeout=90.0)
     return runtime
 
 
-def until(predicate: Callable[[], bool], *, timeout: float = 90.0, step: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step is not None:
-            step()
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
-def sdk(local_api: LocalAPI) -> openai.OpenAI:
-    return openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
 
 
 def contents(client: openai.OpenAI, container_id: str) -> dict[str, bytes]:
@@ -190,7 +178,7 @@ def test_expired_container_is_replaced_with_every_file_back_byte_for_byte(
 
     jump(local_api, clock, 11 * 60)  # past expires_after: the backend expires the container
     assert client.containers.retrieve(first.container_id).status == "expired"
-    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send), timeout=90.0)
 
     second = sessions.lease("alpha", KEY)
     assert second.container_id != first.container_id
@@ -252,7 +240,7 @@ def test_ending_a_session_harvests_and_retires_and_a_later_lease_restores(
             return True
         return False
 
-    until(deleted)  # the worker's hearth.retire deleted it on the server
+    until(deleted, timeout=90.0)  # the worker's hearth.retire deleted it on the server
     assert filled.store.by_container_id(got.container_id) is None
     record = sessions.get(KEY)
     assert record is not None and record.ended and record.container_id is None
@@ -266,7 +254,7 @@ def test_ending_a_session_harvests_and_retires_and_a_later_lease_restores(
         assert fh.read() == report
 
     # The conversation comes back later: a fresh container with its files.
-    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send), timeout=90.0)
     back = sessions.lease("alpha", KEY)
     assert back.restored and back.container_id != got.container_id
     files = contents(client, back.container_id)
@@ -316,8 +304,8 @@ def test_idle_window_lapse_retires_and_the_next_turn_gets_the_files_back(
             return True
         return False
 
-    until(gone, step=lambda: tick(filled, send))  # reclaim -> retire (the pool's harvest) -> deleted
-    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send))
+    until(gone, step=lambda: tick(filled, send), timeout=90.0)  # reclaim -> retire (the pool's harvest) -> deleted
+    until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send), timeout=90.0)
     back = sessions.lease("alpha", KEY)
     assert back.restored and back.restored_files == ["plot.svg"]
     assert contents(client, back.container_id)["plot.svg"] == plot

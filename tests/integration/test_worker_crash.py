@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from settings import Settings
 from tasks.pools import HearthPools
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.helpers import until
 
 POOLS = """
 version: 1
@@ -78,17 +78,6 @@ def runtime(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Ru
     rt.close()
 
 
-def until(predicate: Callable[[], bool], step: Callable[[], object] | None = None, timeout: float = 90,
-          poll: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step is not None:
-            step()
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError("condition not reached in time")
-
 
 def manifest_of(root: Path, container_id: str) -> tuple[Path, dict[str, Any]] | None:
     """The container's harvest directory and its parsed manifest, once one exists."""
@@ -106,7 +95,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
 ) -> None:
     worker = start_worker(env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
-    until(lambda: len(runtime.store.records("gamma", State.READY)) == 1, step=lambda: tick(runtime, send))
+    until(lambda: len(runtime.store.records("gamma", State.READY)) == 1, step=lambda: tick(runtime, send), timeout=90.0)
 
     pools = HearthPools(runtime, celery_app)
     lease = pools.lease("gamma")
@@ -132,7 +121,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
         seen["doc"] = found[1]
         return kill_after <= len(found[1]["files"]) < len(FILES)
 
-    until(partly_harvested, timeout=60, poll=0.05)
+    until(partly_harvested, timeout=60, pause=0.05)
     worker.kill()
     before = {e["file_id"]: e for e in seen["doc"]["files"]}
     left = [p.name for p in root.rglob("*") if TEMP_MARKER in p.name]

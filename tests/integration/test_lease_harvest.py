@@ -7,7 +7,7 @@ uses an ``OffsetClock`` moved together with the server's clock, so both see the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -18,9 +18,9 @@ from hearth.clock import OffsetClock
 from hearth.planner import HarvestDue, Planner, harvest_due, tick
 from hearth.pool.model import State
 from hearth.runtime import Runtime
-from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.fixtures.pools import PoolEnv
 from tests.helpers import until
 
 POOLS = """
@@ -37,29 +37,10 @@ pools:
 
 
 @pytest.fixture
-def env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
-    (tmp_path / "pools.yaml").write_text(POOLS)
-    return {
-        "HEARTH_API_BASE": local_api.base_url,
-        "HEARTH_REDIS_URL": redis_url,
-        "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
-        "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
-        "HEARTH_DATA_DIR": str(tmp_path / "data"),
-    }
-
-
-@pytest.fixture
-def clock() -> OffsetClock:
-    return OffsetClock()
-
-
-@pytest.fixture
-def runtime(env: dict[str, str], clock: OffsetClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    rt = Runtime.from_settings(Settings(), clock=clock)
-    yield rt
-    rt.close()
+def runtime(pools_env: PoolEnv, hearth_runtime: Runtime) -> Runtime:
+    """The shared Runtime (tests/fixtures/pools.py), with this module's pools file."""
+    pools_env.write_pools(POOLS)
+    return hearth_runtime
 
 
 
@@ -68,10 +49,10 @@ def harvested(root: Path, name: str) -> list[Path]:
 
 
 def test_lease_and_release_tasks_by_name_harvest_and_retire(
-    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
-    local_api: LocalAPI, tmp_path: Path,
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    local_api: LocalAPI,
 ) -> None:
-    start_worker(env)
+    start_worker(pools_env.env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
 
@@ -82,8 +63,8 @@ def test_lease_and_release_tasks_by_name_harvest_and_retire(
 
     released = celery_app.send_task("hearth.release", args=[lease["container_id"], lease["lease_id"]]).get(timeout=30)
     assert released["state"] == "HARVESTING"
-    until(lambda: bool(harvested(tmp_path / "harvest", "report.txt")))
-    assert harvested(tmp_path / "harvest", "report.txt")[0].read_bytes() == b"quarterly numbers\n"
+    until(lambda: bool(harvested(pools_env.harvest_dir, "report.txt")))
+    assert harvested(pools_env.harvest_dir, "report.txt")[0].read_bytes() == b"quarterly numbers\n"
     client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
     until(lambda: lease["container_id"] not in {c.id for c in client.containers.list(limit=100)})
     # A second release with the same lease is refused: the lease and the container are gone.
@@ -92,9 +73,9 @@ def test_lease_and_release_tasks_by_name_harvest_and_retire(
 
 
 def test_a_retried_release_is_answered_again_and_a_wrong_lease_is_refused(
-    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess], celery_app: Celery,
 ) -> None:
-    worker = start_worker(env)
+    worker = start_worker(pools_env.env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
     worker.stop()  # the retire stays queued: the release's state is stable while we look at it
@@ -112,10 +93,10 @@ def test_a_retried_release_is_answered_again_and_a_wrong_lease_is_refused(
 
 
 def test_files_written_just_before_a_leased_containers_deadline_are_saved_before_it_expires(
-    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
-    local_api: LocalAPI, clock: OffsetClock, tmp_path: Path,
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    local_api: LocalAPI, hearth_clock: OffsetClock,
 ) -> None:
-    start_worker(env)
+    start_worker(pools_env.env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
     lease = runtime.leases.lease("beta", ttl=3600)
@@ -124,22 +105,22 @@ def test_files_written_just_before_a_leased_containers_deadline_are_saved_before
     assert record is not None and record.deadline is not None
 
     # 8.5 of its 10 idle minutes pass with no calls: inside the 120 s margin, outside keepalive's 60 s.
-    jump = record.deadline - clock.now() - 90
+    jump = record.deadline - hearth_clock.now() - 90
     local_api.advance_clock(jump)
-    clock.advance(jump)
+    hearth_clock.advance(jump)
     plan = Planner(runtime).plan()
     due = [a for p in plan for a in p.actions if isinstance(a, HarvestDue)]
     assert [(a.container_id, a.reason) for a in due] == [(lease.container_id, "before-expiry")]
 
     tick(runtime, send)
-    until(lambda: bool(harvested(tmp_path / "harvest", "chart.png")))
-    assert harvested(tmp_path / "harvest", "chart.png")[0].read_bytes() == b"\x89PNG not really"
+    until(lambda: bool(harvested(pools_env.harvest_dir, "chart.png")))
+    assert harvested(pools_env.harvest_dir, "chart.png")[0].read_bytes() == b"\x89PNG not really"
 
     # Then the container expires on the server: the file is already safe.
     local_api.advance_clock(600)
     client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
     assert client.containers.retrieve(lease.container_id).status == "expired"
-    assert harvested(tmp_path / "harvest", "chart.png")
+    assert harvested(pools_env.harvest_dir, "chart.png")
 
 
 def test_harvest_due_rules() -> None:
@@ -178,13 +159,13 @@ pools:
 
 
 def test_a_reused_container_is_harvested_and_cleaned_before_the_next_lease(
-    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
-    local_api: LocalAPI, tmp_path: Path,
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    local_api: LocalAPI,
 ) -> None:
-    (tmp_path / "inputs").mkdir()
-    (tmp_path / "inputs" / "data.csv").write_text("a,b\n1,2\n")
-    Path(env["HEARTH_POOLS"]).write_text(REUSE_POOLS)
-    start_worker(env)
+    (pools_env.root / "inputs").mkdir()
+    (pools_env.root / "inputs" / "data.csv").write_text("a,b\n1,2\n")
+    pools_env.write_pools(REUSE_POOLS)
+    start_worker(pools_env.env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(runtime.store.records("beta", State.READY)) == 1, step=lambda: tick(runtime, send))
 
@@ -197,7 +178,7 @@ def test_a_reused_container_is_harvested_and_cleaned_before_the_next_lease(
 
     # Back to READY, same container: the next lessee gets it with the inputs only.
     until(lambda: [r.container_id for r in runtime.store.records("beta", State.READY)] == [first.container_id])
-    assert harvested(tmp_path / "harvest", "secret-of-app-a.txt")[0].read_bytes() == b"app A's output"
+    assert harvested(pools_env.harvest_dir, "secret-of-app-a.txt")[0].read_bytes() == b"app A's output"
     client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
     files = client.containers.files.list(first.container_id)
     names = sorted(f.path.rsplit("/", 1)[-1].split("-", 1)[-1] for f in files)

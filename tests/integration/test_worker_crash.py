@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from settings import Settings
 from tasks.pools import HearthPools
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.fixtures.pools import PoolEnv
 from tests.helpers import until
 
 POOLS = """
@@ -55,27 +56,17 @@ FILES: dict[str, int] = {
 
 
 @pytest.fixture
-def env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
-    (tmp_path / "pools.yaml").write_text(POOLS)
-    return {
-        "HEARTH_API_BASE": local_api.base_url,
-        "HEARTH_REDIS_URL": redis_url,
-        "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
-        "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
-        "HEARTH_DATA_DIR": str(tmp_path / "data"),
-        # The killed worker's unacked retire is redelivered 15 s after delivery (plus one 3 s sweep):
-        # well past the few seconds the first worker harvests before the kill, so it never runs twice.
-        "HEARTH_TASK_VISIBILITY_TIMEOUT": "15",
-    }
+def pools_extra_env() -> dict[str, str]:
+    # The killed worker's unacked retire is redelivered 15 s after delivery (plus one 3 s sweep):
+    # well past the few seconds the first worker harvests before the kill, so it never runs twice.
+    return {"HEARTH_TASK_VISIBILITY_TIMEOUT": "15"}
 
 
 @pytest.fixture
-def runtime(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    rt = Runtime.from_settings(Settings())
-    yield rt
-    rt.close()
+def runtime(pools_env: PoolEnv, hearth_runtime: Runtime) -> Runtime:
+    """The shared Runtime (tests/fixtures/pools.py), with this module's pools file."""
+    pools_env.write_pools(POOLS)
+    return hearth_runtime
 
 
 
@@ -90,10 +81,10 @@ def manifest_of(root: Path, container_id: str) -> tuple[Path, dict[str, Any]] | 
 # Killed with the big file still to copy, and with it already saved (then it must not be copied again).
 @pytest.mark.parametrize("kill_after", [1, 3], ids=["before-big-file", "after-big-file"])
 def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
-    runtime: Runtime, env: dict[str, str], start_worker: Callable[..., WorkerProcess], celery_app: Celery,
-    local_api: LocalAPI, tmp_path: Path, kill_after: int,
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess], celery_app: Celery,
+    local_api: LocalAPI, kill_after: int,
 ) -> None:
-    worker = start_worker(env)
+    worker = start_worker(pools_env.env)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(runtime.store.records("gamma", State.READY)) == 1, step=lambda: tick(runtime, send), timeout=90.0)
 
@@ -111,7 +102,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
     released = pools.release(lease.container_id, lease.lease_id)
     assert released.state is State.HARVESTING
 
-    root = tmp_path / "harvest"
+    root = pools_env.harvest_dir
     seen: dict[str, Any] = {}
 
     def partly_harvested() -> bool:
@@ -137,7 +128,7 @@ def test_worker_killed_mid_harvest_loses_nothing_after_the_retry(
     assert client.containers.retrieve(lease.container_id).status == "running"
 
     local_api.set_faults(None)
-    start_worker(env)  # the redelivered retire runs here: harvest the rest, delete, forget
+    start_worker(pools_env.env)  # the redelivered retire runs here: harvest the rest, delete, forget
     until(lambda: runtime.store.get(lease.name) is None, timeout=120)
 
     found = manifest_of(root, lease.container_id)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -30,7 +29,8 @@ from hearth.sessions import Sessions, restore_name, session_hash
 from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
-from tests.helpers import sdk, until
+from tests.fixtures.pools import PoolEnv
+from tests.helpers import advance_both, sdk, until
 
 POOLS = """
 version: 1
@@ -51,35 +51,17 @@ KEY = "conversation-secret-7f3a"
 
 
 @pytest.fixture
-def pool_env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "a.csv").write_text("x,y\n1,2\n")
-    (inputs / "helper.py").write_text("print('hi')\n")
-    (tmp_path / "pools.yaml").write_text(POOLS)
-    return {
-        "HEARTH_BACKEND": "local",
-        "HEARTH_API_BASE": local_api.base_url,
-        "HEARTH_REDIS_URL": redis_url,
-        "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
-        "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
-        "HEARTH_DATA_DIR": str(tmp_path / "data"),
-        "HEARTH_ORPHAN_GRACE": "600",
-    }
+def pools_extra_env() -> dict[str, str]:
+    return {"HEARTH_ORPHAN_GRACE": "600"}
 
 
 @pytest.fixture
-def clock() -> OffsetClock:
-    return OffsetClock()
-
-
-@pytest.fixture
-def runtime(pool_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, clock: OffsetClock) -> Iterator[Runtime]:
-    for key, value in pool_env.items():
-        monkeypatch.setenv(key, value)
-    rt = Runtime.from_settings(Settings(), clock=clock)
-    yield rt
-    rt.close()
+def runtime(pools_env: PoolEnv, hearth_runtime: Runtime) -> Runtime:
+    """The shared Runtime (tests/fixtures/pools.py), with this module's pools file and inputs."""
+    pools_env.write_input("inputs/a.csv", b"x,y\n1,2\n")
+    pools_env.write_input("inputs/helper.py", b"print('hi')\n")
+    pools_env.write_pools(POOLS)
+    return hearth_runtime
 
 
 @pytest.fixture
@@ -89,11 +71,11 @@ def send(celery_app: Celery) -> Callable[[str, list[Any]], None]:
 
 @pytest.fixture
 def filled(
-    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
     send: Callable[[str, list[Any]], None],
 ) -> Runtime:
     """A worker running and pool ``alpha`` holding two READY containers."""
-    start_worker(pool_env, concurrency=3)
+    start_worker(pools_env.env, concurrency=3)
     until(lambda: len(runtime.store.records("alpha", State.READY)) >= 2, step=lambda: tick(runtime, send), timeout=90.0)
     return runtime
 
@@ -109,10 +91,6 @@ def contents(client: openai.OpenAI, container_id: str) -> dict[str, bytes]:
         out[name] = client.containers.files.content.retrieve(f.id, container_id=container_id).read()
     return out
 
-
-def jump(local_api: LocalAPI, clock: OffsetClock, seconds: float) -> None:
-    local_api.advance_clock(seconds)
-    clock.advance(seconds)
 
 
 def test_same_key_same_container_and_the_key_never_reaches_redis(
@@ -160,7 +138,7 @@ def test_same_key_same_container_and_the_key_never_reaches_redis(
 
 def test_expired_container_is_replaced_with_every_file_back_byte_for_byte(
     filled: Runtime, send: Callable[[str, list[Any]], None], celery_app: Celery, local_api: LocalAPI,
-    clock: OffsetClock,
+    hearth_clock: OffsetClock,
 ) -> None:
     sessions = Sessions(filled, send)
     client = sdk(local_api)
@@ -176,7 +154,7 @@ def test_expired_container_is_replaced_with_every_file_back_byte_for_byte(
     done = celery_app.send_task("hearth.session_harvest", args=[first.session_id]).get(timeout=60)
     assert done["harvested"] and done["files"] == 3  # the inputs are not harvested: the pool has them
 
-    jump(local_api, clock, 11 * 60)  # past expires_after: the backend expires the container
+    advance_both(local_api, hearth_clock, 11 * 60)  # past expires_after: the backend expires the container
     assert client.containers.retrieve(first.container_id).status == "expired"
     until(lambda: len(filled.store.records("alpha", State.READY)) >= 1, step=lambda: tick(filled, send), timeout=90.0)
 
@@ -193,12 +171,12 @@ def test_expired_container_is_replaced_with_every_file_back_byte_for_byte(
 
 
 def test_two_concurrent_first_leases_for_one_key_end_with_one_container(
-    filled: Runtime, send: Callable[[str, list[Any]], None], clock: OffsetClock,
+    filled: Runtime, send: Callable[[str, list[Any]], None], hearth_clock: OffsetClock,
 ) -> None:
     results: list[str] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(3)
-    runtimes = [Runtime.from_settings(Settings(), clock=clock) for _ in range(3)]
+    runtimes = [Runtime.from_settings(Settings(), clock=hearth_clock) for _ in range(3)]
 
     def go(rt: Runtime) -> None:
         try:
@@ -286,9 +264,9 @@ def test_cli_lease_session_and_session_end(
 
 
 def test_idle_window_lapse_retires_and_the_next_turn_gets_the_files_back(
-    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI, pool_env: dict[str, str],
+    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI, pools_env: PoolEnv,
 ) -> None:
-    pools = Path(pool_env["HEARTH_POOLS"])
+    pools = pools_env.pools_file
     pools.write_text(POOLS.replace("session_idle_seconds: 3600", "session_idle_seconds: 1"))
     sessions = Sessions(filled, send)
     client = sdk(local_api)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -23,6 +22,7 @@ from hearth.runtime import Runtime
 from settings import Settings
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
+from tests.fixtures.pools import PoolEnv
 from tests.helpers import sdk, until
 from worker.heartbeat import Heartbeat
 
@@ -43,34 +43,21 @@ pools:
 
 
 @pytest.fixture
-def pool_env(tmp_path: Path, local_api: LocalAPI, redis_url: str) -> dict[str, str]:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "a.csv").write_text("x,y\n1,2\n")
-    (inputs / "b.csv").write_text("x,y\n" + "3,4\n" * 500)
-    (inputs / "helper.py").write_text("print('hello from hearth')\n")
-    return {
-        "HEARTH_BACKEND": "local",
-        "HEARTH_API_BASE": local_api.base_url,
-        "HEARTH_REDIS_URL": redis_url,
-        "HEARTH_POOLS": str(tmp_path / "pools.yaml"),
-        "HEARTH_STORAGE_URL": (tmp_path / "harvest").as_uri(),
-        "HEARTH_DATA_DIR": str(tmp_path / "data"),
-        "HEARTH_ORPHAN_GRACE": "5",
-    }
+def pools_extra_env() -> dict[str, str]:
+    return {"HEARTH_ORPHAN_GRACE": "5"}
 
 
-def write_pools(env: dict[str, str], *, min_ready: int, max_total: int) -> None:
-    Path(env["HEARTH_POOLS"]).write_text(POOLS.format(min_ready=min_ready, max_total=max_total))
+def write_pools(env: PoolEnv, *, min_ready: int, max_total: int) -> None:
+    env.write_pools(POOLS.format(min_ready=min_ready, max_total=max_total))
 
 
 @pytest.fixture
-def runtime(pool_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    for key, value in pool_env.items():
-        monkeypatch.setenv(key, value)
-    rt = Runtime.from_settings(Settings())
-    yield rt
-    rt.close()
+def runtime(pools_env: PoolEnv, hearth_runtime: Runtime) -> Runtime:
+    """The shared Runtime (tests/fixtures/pools.py), with this module's input files."""
+    pools_env.write_input("inputs/a.csv", b"x,y\n1,2\n")
+    pools_env.write_input("inputs/b.csv", b"x,y\n" + b"3,4\n" * 500)
+    pools_env.write_input("inputs/helper.py", b"print('hello from hearth')\n")
+    return hearth_runtime
 
 
 
@@ -84,11 +71,11 @@ def ready(rt: Runtime) -> list[str]:
 
 
 def test_pool_fills_to_min_ready_with_inputs_inside(
-    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
     celery_app: Celery, local_api: LocalAPI,
 ) -> None:
-    write_pools(pool_env, min_ready=3, max_total=5)
-    start_worker(pool_env, concurrency=4)
+    write_pools(pools_env, min_ready=3, max_total=5)
+    start_worker(pools_env.env, concurrency=4)
 
     def step() -> None:
         tick(runtime, lambda name, args: celery_app.send_task(name, args=args))
@@ -108,11 +95,11 @@ def test_pool_fills_to_min_ready_with_inputs_inside(
 
 
 def test_clock_jump_expires_containers_and_next_ticks_replace_them(
-    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
     celery_app: Celery, local_api: LocalAPI,
 ) -> None:
-    write_pools(pool_env, min_ready=2, max_total=4)
-    start_worker(pool_env, concurrency=4)
+    write_pools(pools_env, min_ready=2, max_total=4)
+    start_worker(pools_env.env, concurrency=4)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     until(lambda: len(ready(runtime)) == 2, step=lambda: tick(runtime, send), timeout=90.0)
     before = set(ready(runtime))
@@ -132,11 +119,11 @@ def test_clock_jump_expires_containers_and_next_ticks_replace_them(
 
 
 def test_two_heartbeats_create_no_more_than_one(
-    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
     celery_app: Celery, local_api: LocalAPI,
 ) -> None:
-    write_pools(pool_env, min_ready=3, max_total=3)
-    start_worker(pool_env, concurrency=4)
+    write_pools(pools_env, min_ready=3, max_total=3)
+    start_worker(pools_env.env, concurrency=4)
     other = Runtime.from_settings(Settings())
     beats = [Heartbeat(runtime, celery_app, identity="a"), Heartbeat(other, celery_app, identity="b")]
     stop = threading.Event()
@@ -164,14 +151,14 @@ def test_two_heartbeats_create_no_more_than_one(
 
 
 def test_worker_killed_mid_provision_leaves_no_orphan(
-    runtime: Runtime, pool_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
     celery_app: Celery, local_api: LocalAPI,
 ) -> None:
-    write_pools(pool_env, min_ready=2, max_total=3)
+    write_pools(pools_env, min_ready=2, max_total=3)
     # Uploads are slow, so the kill lands after the creates and during the input copies.
     local_api.set_faults({"endpoints": {"files.create": {"latency_ms": 1500}}})
     # The dead worker's unacked provisions come back 10 s after delivery plus one sweep (tasks.app).
-    env = {**pool_env, "HEARTH_TASK_VISIBILITY_TIMEOUT": "10"}
+    env = pools_env.with_(HEARTH_TASK_VISIBILITY_TIMEOUT="10")
     worker = start_worker(env, concurrency=4)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
     client = sdk(local_api)

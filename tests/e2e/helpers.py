@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +68,6 @@ def hearth_json(args: list[str], env: dict[str, str], cwd: Path) -> Any:
     assert done.returncode == 0, f"hearth {' '.join(args)} failed ({done.returncode}):\n{done.stderr}"
     return json.loads(done.stdout)
 
-
-def until(predicate: Callable[[], Any], *, timeout: float = 45.0, what: str = "condition", step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout:.0f} s")
-        time.sleep(step)
 
 
 def port_open(host: str, port: int) -> bool:

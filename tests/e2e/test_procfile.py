@@ -13,7 +13,8 @@ import psutil
 from hearth.pool.model import State
 from hearth.runtime import Runtime
 from settings import Settings
-from tests.e2e.helpers import REPO, clean_env, descendants, port_open, still_alive, stop_tree, until, write_pool_files
+from tests.e2e.helpers import REPO, clean_env, descendants, port_open, still_alive, stop_tree, write_pool_files
+from tests.helpers import until
 from worker.redis_server import free_port
 
 
@@ -48,7 +49,7 @@ def test_procfile_processes_fill_the_pool_and_stop_on_sigterm(tmp_path: Path, re
                     raise AssertionError(f"honcho exited early:\n{log.read_text()[-4000:]}")
                 return len(rt.store.records("alpha", State.READY)) == 2
 
-            until(filled, timeout=60, what="pool alpha ready 2")
+            until(filled, timeout=60, what="pool alpha ready 2", pause=0.5)
             ready = {r.container_id for r in rt.store.records("alpha", State.READY)}
         finally:
             rt.close()

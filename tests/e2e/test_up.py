@@ -34,10 +34,10 @@ from tests.e2e.helpers import (
     port_open,
     still_alive,
     stop_tree,
-    until,
     write_pool_files,
 )
 from tests.fixtures.localapi import LocalAPI
+from tests.helpers import until
 
 API_KEY = "sk-e2e-up-0123456789"
 
@@ -110,7 +110,7 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
         pool = data["pools"]["alpha"]
         return data if pool["desired"] == 2 and pool["ready"] == 2 else None
 
-    data = until(filled, timeout=60, what="pool alpha ready 2")
+    data = until(filled, timeout=60, what="pool alpha ready 2", pause=0.5)
     api_base: str = data["api_base"]
     redis = urlsplit(data["redis_url"])
     api = urlsplit(api_base)
@@ -150,12 +150,12 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
         up.alive_or_fail()
         return [p for p in harvest.rglob("report.txt") if p.is_file()] if harvest.exists() else []
 
-    found = until(harvested, timeout=30, what="report.txt harvested")
+    found = until(harvested, timeout=30, what="report.txt harvested", pause=0.5)
     assert len(found) == 1 and lease["container_id"] in str(found[0])
     assert found[0].read_bytes() == report
 
     # The plain (not a terminal) status: a line per refresh period and the records' transitions.
-    until(lambda: "alpha desired 2 ready 2 leased 0" in up.output(), timeout=20, what="a status line")
+    until(lambda: "alpha desired 2 ready 2 leased 0" in up.output(), timeout=20, what="a status line", pause=0.5)
     assert f"{lease['name']} READY -> LEASED" in up.output() or f"{lease['name']} LEASED" in up.output()
 
     # Ctrl-C: every child (worker, heartbeat, redis-server) exits, both ports close, up.json goes.
@@ -171,7 +171,7 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
 
 
 def test_a_child_that_dies_stops_everything_with_an_error(up: Up) -> None:
-    until(up.status, timeout=60, what="hearth up serving")
+    until(up.status, timeout=60, what="hearth up serving", pause=0.5)
     children = descendants(up.proc.pid)
     heartbeat = next(p for p in children if "heartbeat" in p.cmdline())
     os.killpg(heartbeat.pid, signal.SIGKILL)
@@ -198,7 +198,7 @@ def test_configured_redis_and_api_are_used_instead_of_embedded_ones(
             data = handle.status()
             return data if data and data["pools"]["alpha"]["ready"] == 2 else None
 
-        data = until(filled, timeout=60, what="pool alpha ready 2 on the configured API")
+        data = until(filled, timeout=60, what="pool alpha ready 2 on the configured API", pause=0.5)
         assert data["redis_url"] == redis_url and data["api_base"] == local_api.base_url
         children = descendants(proc.pid)
         assert "redis-server" not in {p.name() for p in children}  # no embedded Redis

@@ -32,9 +32,9 @@ from tests.e2e.helpers import (
     port_open,
     still_alive,
     stop_tree,
-    until,
     write_pool_files,
 )
+from tests.helpers import until
 
 API_KEY = "sk-e2e-lifecycle-0123456789"
 # A pools file other than the default, in a folder of its own: its inputs resolve next to it.
@@ -108,7 +108,7 @@ def test_other_commands_use_the_pools_file_hearth_up_was_given(custom_up: Runnin
         data = custom_up.status()
         return data if data and data["pools"].get("gamma", {}).get("ready") == 1 else None
 
-    data = until(filled, timeout=60, what="pool gamma ready 1 seen by `hearth status` without HEARTH_POOLS")
+    data = until(filled, timeout=60, what="pool gamma ready 1 seen by `hearth status` without HEARTH_POOLS", pause=0.5)
     assert set(data["pools"]) == {"gamma"}  # the custom file's pools, not the default's
 
     # up.json names the file (absolute, so any working directory works) and holds no secret.
@@ -139,7 +139,7 @@ def test_other_commands_use_the_pools_file_hearth_up_was_given(custom_up: Runnin
 
 def test_kill_9_of_hearth_up_leaves_no_process_and_no_open_port(plain_up: Running) -> None:
     data = until(lambda: (d := plain_up.status()) and d["heartbeat"] and d, timeout=60,
-                 what="hearth up serving with a heartbeat")
+                 what="hearth up serving with a heartbeat", pause=0.5)
     redis_port = urlsplit(data["redis_url"]).port
     api_port = urlsplit(data["api_base"]).port
     assert redis_port and api_port

@@ -99,16 +99,7 @@ def harvest(self: Task, container_id: str, to: str | None = None) -> dict[str, A
         report = Operations(current_runtime()).harvest(container_id, to=to)
         if not report.complete and not report.expired:
             raise HearthError(f"harvest of {container_id}: {report.failures} files failed", temporary=True)
-        return {
-            "container_id": container_id,
-            "target": report.target,
-            "files": report.files,
-            "bytes": report.bytes,
-            "already": report.already,
-            "skipped": report.skipped,
-            "failures": report.failures,
-            "expired": report.expired,
-        }
+        return report.summary()
 
     return run(self, go)
 

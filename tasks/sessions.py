@@ -51,7 +51,6 @@ def session_harvest(self: Task, session_id: str) -> dict[str, Any]:
             return {"session_id": session_id, "harvested": False}
         if not report.complete and not report.expired:
             raise HearthError(f"session harvest of {report.container_id}: {report.failures} failed", temporary=True)
-        return {"session_id": session_id, "harvested": True, "container_id": report.container_id,
-                "files": report.files, "already": report.already, "expired": report.expired}
+        return {"session_id": session_id, "harvested": True, **report.summary()}
 
     return run(self, go)

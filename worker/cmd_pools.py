@@ -139,11 +139,8 @@ def harvest(
     with _runtime() as rt:
         with harvest_progress(show=not as_json and out.is_terminal) as progress:  # a byte bar on a terminal
             report = Operations(rt).harvest(container_id, to=to, progress=progress)
-        data = {"container_id": container_id, "target": report.target, "files": report.files,
-                "bytes": report.bytes, "already": report.already, "skipped": report.skipped,
-                "failures": report.failures, "expired": report.expired}
         if as_json:
-            _print_json(data)
+            _print_json(report.summary())
         else:
             out.print(f"harvested {report.files} files ({report.bytes} bytes) to {report.target}; "
                       f"{report.already} already there, {report.skipped} skipped, {report.failures} failed")

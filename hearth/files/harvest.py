@@ -28,7 +28,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from hearth.api.models import ContainerFile
 from hearth.clock import Clock
@@ -89,6 +89,13 @@ class HarvestReport:
     def complete(self) -> bool:
         """Every wanted file is in storage (skips by policy are fine; failures and expiry are not)."""
         return not self.expired and self.failures == 0
+
+    def summary(self) -> dict[str, Any]:
+        """The counts as JSON (task results, ``hearth harvest --json``)."""
+        return {
+            "container_id": self.container_id, "target": self.target, "files": self.files, "bytes": self.bytes,
+            "already": self.already, "skipped": self.skipped, "failures": self.failures, "expired": self.expired,
+        }
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Dev controls exist only with ``dev=True`` (404 otherwise): ``X-Hearth-File-Sourc
 ``X-Hearth-File-Path: /mnt/data/...`` on a container file upload (stand-ins for a file the model's
 code wrote: the path is stored verbatim, bytes are stored by id, so no path can escape the data dir),
 ``GET|POST /_dev/clock`` (``{"advance_seconds": N}``), ``GET|PUT /_dev/faults`` (a ``FaultConfig``).
+With API keys configured the dev routes, like every other, answer 401 to a request without a valid key.
 """
 
 from __future__ import annotations
@@ -122,26 +123,31 @@ class LocalAPI:
         gateway = split is not None and split[0].startswith("/openai")
         return wire.Dialect(gateway=gateway, request_type=request_type)
 
+    def _tenant(self, request: Request) -> str:
+        """The tenant of the request's key; "" when no keys are configured (one open tenant)."""
+        if not self._tenants:
+            return ""
+        key = ""
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+        key = key or request.headers.get("api-key", "").strip()
+        if not key:
+            raise AuthError(MISSING_KEY, status=401)
+        tenant = tenant_of(key)
+        if tenant not in self._tenants:
+            raise AuthError(
+                f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                status=401,
+                code="invalid_api_key",
+            )
+        return tenant
+
     def _ctx(self, request: Request, request_type: str) -> Ctx:
         dialect = self._dialect(request, request_type)
         request.state.dialect = dialect
-        tenant = ""
-        if self._tenants:
-            key = ""
-            auth = request.headers.get("authorization", "")
-            if auth[:7].lower() == "bearer ":
-                key = auth[7:].strip()
-            key = key or request.headers.get("api-key", "").strip()
-            if not key:
-                raise AuthError(MISSING_KEY, status=401)
-            tenant = tenant_of(key)
-            if tenant not in self._tenants:
-                raise AuthError(
-                    f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    status=401,
-                    code="invalid_api_key",
-                )
+        tenant = self._tenant(request)
         if dialect.gateway:
             provider = request.query_params.get("provider")
             if provider is not None:
@@ -443,6 +449,9 @@ class LocalAPI:
         return {"now": self.clock.now(), "offset": float(getattr(self.clock, "offset", 0.0))}
 
     async def dev_clock(self, request: Request) -> Response:
+        # Any configured key will do: the clock and the faults are the server's, not a tenant's, but
+        # with keys configured a caller without one must not move time or break everyone's calls.
+        self._tenant(request)
         if request.method == "POST":
             body = await self._json(request)
             seconds = body.get("advance_seconds")
@@ -460,6 +469,7 @@ class LocalAPI:
         return JSONResponse(self._clock_state())
 
     async def dev_faults(self, request: Request) -> Response:
+        self._tenant(request)  # as dev_clock: a key when keys are configured
         if request.method == "PUT":
             raw = b"".join([c async for c in request.stream()])
             if raw.strip() in (b"", b"null"):

@@ -38,7 +38,8 @@ def test_hearth_api_serves_and_stops_cleanly(tmp_path: Path, sig: signal.Signals
         made = httpx.post(f"{base}/containers", json={"name": "cli"}, headers={"Authorization": "Bearer k-two"})
         assert made.status_code == 200
         root = base.removesuffix("/v1")
-        assert httpx.get(f"{root}/_dev/clock", timeout=10).status_code == 200
+        assert httpx.get(f"{root}/_dev/clock", timeout=10).status_code == 401  # keys guard the dev routes too
+        assert httpx.get(f"{root}/_dev/clock", headers={"Authorization": "Bearer k-one"}, timeout=10).status_code == 200
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
     finally:

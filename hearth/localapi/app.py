@@ -2,7 +2,7 @@
 
 Served under ``/v1`` (OpenAI format) and ``/openai/v1`` + ``/openai`` (gateway format, see ``wire``).
 Every answer that is not a success is the OpenAI error envelope; no input produces a 500. Blocking
-work (SQLite, file copies) runs in the thread pool; uploads and downloads stream.
+work (SQLite, file copies, the writes of an upload) runs in threads; uploads and downloads stream.
 
 Dev controls exist only with ``dev=True`` (404 otherwise): ``X-Hearth-File-Source: assistant`` and
 ``X-Hearth-File-Path: /mnt/data/...`` on a container file upload (stand-ins for a file the model's
@@ -13,6 +13,7 @@ With API keys configured the dev routes, like every other, answer 401 to a reque
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import mimetypes
@@ -45,7 +46,7 @@ from hearth.clock import Clock
 from hearth.errors import APIError, AuthError, BadRequest
 from hearth.localapi import wire
 from hearth.localapi.faults import DroppedConnection, FaultInjector, FaultMiddleware, split_prefix
-from hearth.localapi.multipart import parse_multipart
+from hearth.localapi.multipart import Upload, parse_multipart
 from hearth.localapi.store import Store
 from hearth.localapi.validation import from_validation_error, parse_choice, parse_int, parse_json_object
 from settings.faults import FaultConfig
@@ -303,6 +304,25 @@ class LocalAPI:
         # OpenAI's shape: /mnt/data/<32 hex>-<file name>. Only the base name of what the client sent.
         return f"/mnt/data/{self._token_hex(16)}-{safe_filename(filename)}"
 
+    @contextlib.asynccontextmanager
+    async def _multipart(
+        self, request: Request, content_type: str, *, max_file_bytes: int | None = None
+    ) -> AsyncIterator[Upload]:
+        """The request's multipart body, its file part streamed to a temp file off the event loop.
+
+        The ``with`` body hands the temp file to the store (which moves it into place); if it fails
+        instead, the temp file is removed, in a thread too (unlinking 1 GiB takes a while).
+        """
+        upload = await parse_multipart(
+            content_type, request.stream(), self.store.open_upload, max_file_bytes=max_file_bytes
+        )
+        try:
+            yield upload
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(upload.discard)
+            raise
+
     async def create_container_file(self, request: Request) -> Response:
         ctx = self._ctx(request, "container_file_create")
         cid = request.path_params["container_id"]
@@ -310,22 +330,22 @@ class LocalAPI:
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/form-data"):
             await self._run(self.store.check_container_live, ctx.tenant, cid)  # fail before reading 1 GiB
-            upload = await parse_multipart(content_type, request.stream(), self.store.new_tmp_path)
-            if upload.tmp is None:
-                file_id = upload.fields.get("file_id")
-                if file_id:
+            async with self._multipart(request, content_type) as upload:
+                if upload.tmp is None:
+                    file_id = upload.fields.get("file_id")
+                    if not file_id:
+                        raise BadRequest("Missing required parameter: 'file'.", status=400, param="file")
                     row = await self._run(self.store.add_container_file_by_id, ctx.tenant, cid, file_id)
-                    return self._answer(ctx, wire.container_file_body(row, ctx.dialect))
-                raise BadRequest("Missing required parameter: 'file'.", status=400, param="file")
-            row = await self._run(
-                self.store.add_container_file,
-                ctx.tenant,
-                cid,
-                tmp=upload.tmp,
-                size=upload.size,
-                path=dev_path or self._upload_path(upload.filename),
-                source=source,
-            )
+                else:
+                    row = await self._run(
+                        self.store.add_container_file,
+                        ctx.tenant,
+                        cid,
+                        tmp=upload.tmp,
+                        size=upload.size,
+                        path=dev_path or self._upload_path(upload.filename),
+                        source=source,
+                    )
         elif content_type.lower().startswith("application/x-www-form-urlencoded"):
             fields = dict(urllib.parse.parse_qsl((await self._body(request)).decode("utf-8", errors="replace")))
             if not fields.get("file_id"):
@@ -375,10 +395,7 @@ class LocalAPI:
             raise BadRequest(
                 "Invalid Content-Type header: expected multipart/form-data.", status=400, param="file"
             )
-        upload = await parse_multipart(
-            content_type, request.stream(), self.store.new_tmp_path, max_file_bytes=MAX_FILES_API_BYTES
-        )
-        try:
+        async with self._multipart(request, content_type, max_file_bytes=MAX_FILES_API_BYTES) as upload:
             if upload.tmp is None:
                 raise BadRequest("Missing required parameter: 'file'.", status=400, param="file")
             purpose = upload.fields.get("purpose")
@@ -386,19 +403,15 @@ class LocalAPI:
                 raise BadRequest("Missing required parameter: 'purpose'.", status=400, param="purpose")
             parse_choice("purpose", purpose, default="", choices=FILE_PURPOSES)
             seconds = self._file_expiry(upload.fields, purpose)
-            filename = safe_filename(upload.filename)
             row = await self._run(
                 self.store.create_file,
                 ctx.tenant,
                 tmp=upload.tmp,
                 size=upload.size,
-                filename=filename,
+                filename=safe_filename(upload.filename),
                 purpose=purpose,
                 expires_after_seconds=seconds,
             )
-        except BaseException:
-            upload.discard()
-            raise
         return self._answer(ctx, wire.file_body(row, ctx.dialect))
 
     @staticmethod

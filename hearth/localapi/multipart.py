@@ -1,9 +1,14 @@
-"""Streaming multipart/form-data parsing straight into the store's temp dir.
+"""Streaming multipart/form-data parsing straight into the store's temp dir, off the event loop.
 
 Why not ``request.form()``: Starlette spools each file to a temp file elsewhere and the store would then
 copy it again; here the one ``file`` part is written as it arrives into a path the store then renames
 into place, so a 1 GiB upload costs one write and bounded memory (python-multipart's parser is
 incremental; uvicorn applies back-pressure on the socket).
+
+Why a thread: the parser's callbacks open and write the file, and a disk write blocks. On the event
+loop, a slow disk (or a 1 GiB upload) would stall every other request the server holds. So the loop only
+gathers the body's chunks, up to ``BATCH`` bytes at a time (the memory bound), and hands each batch to a
+worker thread, which parses it and writes what it carries; the next batch is read once that returns.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
+import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -21,6 +27,10 @@ from hearth.errors import BadRequest
 
 MAX_FIELD_BYTES = 1 << 20
 MAX_PARTS = 100
+BATCH = 1 << 20  # body bytes gathered on the loop before one hop to the thread (~1k hops per GiB)
+
+OpenUpload = Callable[[], tuple[Path, BinaryIO]]
+"""Makes a fresh temp file for the ``file`` part: its path and a handle open for writing (blocking)."""
 
 
 @dataclass
@@ -33,6 +43,7 @@ class Upload:
     size: int = 0
 
     def discard(self) -> None:
+        """Remove the temp file (blocking: an unlink of a large file takes a while; call it off the loop)."""
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
@@ -51,117 +62,148 @@ def boundary_of(content_type: str) -> bytes:
     return boundary
 
 
-async def parse_multipart(
-    content_type: str,
-    stream: AsyncIterator[bytes],
-    new_tmp: Callable[[], Path],
-    *,
-    file_field: str = "file",
-    max_file_bytes: int | None = None,
-) -> Upload:
-    """Parse the body; the first part named ``file_field`` with a filename goes to ``new_tmp()``."""
-    boundary = boundary_of(content_type)
-    upload = Upload()
-    state: dict[str, object] = {}
-    headers: list[tuple[bytes, bytes]] = []
-    header_name = bytearray()
-    header_value = bytearray()
-    field_buf = bytearray()
-    out: IO[bytes] | None = None
-    parts = 0
-    # What the current part is: "file" (ours), "skip" (another file part), or "field".
-    current: dict[str, str | None] = {"kind": None, "name": None}
+class _Parse:
+    """The parser and its callbacks; every method is blocking (it may open, write, close the file)."""
 
-    def on_part_begin() -> None:
-        nonlocal parts
-        parts += 1
-        if parts > MAX_PARTS:
+    def __init__(self, boundary: bytes, open_upload: OpenUpload, file_field: str, max_file_bytes: int | None) -> None:
+        self.upload = Upload()
+        self._open_upload = open_upload
+        self._file_field = file_field
+        self._max_file_bytes = max_file_bytes
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._field_buf = bytearray()
+        self._out: BinaryIO | None = None
+        self._file_done = False
+        self._parts = 0
+        # What the current part is: "file" (ours), "skip" (another file part), or "field".
+        self._kind: str | None = None
+        self._name: str | None = None
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+            },
+        )
+
+    # --- callbacks --------------------------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
             raise BadRequest(f"Invalid multipart/form-data body: more than {MAX_PARTS} parts.", status=400)
-        headers.clear()
-        field_buf.clear()
-        current["kind"] = current["name"] = None
+        self._headers.clear()
+        self._field_buf.clear()
+        self._kind = self._name = None
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header_name.extend(data[start:end])
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name.extend(data[start:end])
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header_value.extend(data[start:end])
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value.extend(data[start:end])
 
-    def on_header_end() -> None:
-        headers.append((bytes(header_name).lower(), bytes(header_value)))
-        header_name.clear()
-        header_value.clear()
+    def _on_header_end(self) -> None:
+        self._headers.append((bytes(self._header_name).lower(), bytes(self._header_value)))
+        self._header_name.clear()
+        self._header_value.clear()
 
-    def on_headers_finished() -> None:
-        nonlocal out
-        disposition = next((v for k, v in headers if k == b"content-disposition"), b"")
+    def _on_headers_finished(self) -> None:
+        disposition = next((v for k, v in self._headers if k == b"content-disposition"), b"")
         _, options = parse_options_header(disposition)
         name = _decode(options[b"name"]) if b"name" in options else None
         if name is None:
             raise BadRequest("Invalid multipart/form-data body: a part has no name.", status=400)
-        current["name"] = name
+        self._name = name
         if b"filename" in options:
-            if name == file_field and upload.tmp is None:
-                upload.filename = _decode(options[b"filename"])
-                upload.tmp = new_tmp()
-                out = upload.tmp.open("wb")
-                current["kind"] = "file"
+            if name == self._file_field and self.upload.tmp is None:
+                self.upload.filename = _decode(options[b"filename"])
+                self.upload.tmp, self._out = self._open_upload()
+                self._kind = "file"
             else:
-                current["kind"] = "skip"
+                self._kind = "skip"
         else:
-            current["kind"] = "field"
+            self._kind = "field"
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        kind = current["kind"]
-        if kind == "file":
-            assert out is not None
-            upload.size += end - start
-            if max_file_bytes is not None and upload.size > max_file_bytes:
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._kind == "file":
+            assert self._out is not None
+            self.upload.size += end - start
+            if self._max_file_bytes is not None and self.upload.size > self._max_file_bytes:
                 raise BadRequest(
-                    f"File is too large: the maximum size is {max_file_bytes} bytes.", status=400, param=file_field
-                )
-            out.write(data[start:end])
-        elif kind == "field":
-            if len(field_buf) + (end - start) > MAX_FIELD_BYTES:
-                raise BadRequest(
-                    f"Invalid '{current['name']}': field larger than {MAX_FIELD_BYTES} bytes.",
+                    f"File is too large: the maximum size is {self._max_file_bytes} bytes.",
                     status=400,
-                    param=current["name"],
+                    param=self._file_field,
                 )
-            field_buf.extend(data[start:end])
+            self._out.write(data[start:end])
+        elif self._kind == "field":
+            if len(self._field_buf) + (end - start) > MAX_FIELD_BYTES:
+                raise BadRequest(
+                    f"Invalid '{self._name}': field larger than {MAX_FIELD_BYTES} bytes.", status=400, param=self._name
+                )
+            self._field_buf.extend(data[start:end])
 
-    def on_part_end() -> None:
-        nonlocal out
-        if current["kind"] == "file" and out is not None:
-            out.close()
-            out = None
-            state["file_done"] = True
-        elif current["kind"] == "field" and current["name"] is not None:
-            upload.fields.setdefault(current["name"], _decode(bytes(field_buf)))
+    def _on_part_end(self) -> None:
+        if self._kind == "file" and self._out is not None:
+            self._out.close()
+            self._out = None
+            self._file_done = True
+        elif self._kind == "field" and self._name is not None:
+            self.upload.fields.setdefault(self._name, _decode(bytes(self._field_buf)))
 
-    callbacks = {
-        "on_part_begin": on_part_begin,
-        "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        async for chunk in stream:
-            parser.write(chunk)
-        parser.finalize()
-        if upload.tmp is not None and not state.get("file_done"):
+    # --- what the loop calls, each in a worker thread ------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._parser.write(data)
+
+    def finish(self, data: bytes) -> Upload:
+        self._parser.write(data)
+        self._parser.finalize()
+        if self.upload.tmp is not None and not self._file_done:
             raise BadRequest("Invalid multipart/form-data body: the file part is incomplete.", status=400)
-    except (FormParserError, ValueError):
-        upload.discard()
-        raise BadRequest("Invalid multipart/form-data body.", status=400) from None
-    except BaseException:
-        upload.discard()
+        return self.upload
+
+    def abort(self) -> None:
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+        self.upload.discard()
+
+
+async def parse_multipart(
+    content_type: str,
+    stream: AsyncIterator[bytes],
+    open_upload: OpenUpload,
+    *,
+    file_field: str = "file",
+    max_file_bytes: int | None = None,
+) -> Upload:
+    """Parse the body; the first part named ``file_field`` with a filename goes to ``open_upload()``.
+
+    On any failure (bad body, too large, the client gone, cancelled) the temp file is removed.
+    """
+    parse = _Parse(boundary_of(content_type), open_upload, file_field, max_file_bytes)
+    try:
+        pending: list[bytes] = []
+        size = 0
+        async for chunk in stream:
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= BATCH:
+                await anyio.to_thread.run_sync(parse.feed, b"".join(pending))
+                pending, size = [], 0
+        return await anyio.to_thread.run_sync(parse.finish, b"".join(pending))
+    except BaseException as exc:
+        # Shielded: a cancelled request (client gone, server stopping) still removes its temp file.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(parse.abort)
+        if isinstance(exc, FormParserError | ValueError):
+            raise BadRequest("Invalid multipart/form-data body.", status=400) from None
         raise
-    finally:
-        if out is not None:
-            out.close()
-    return upload

@@ -24,7 +24,7 @@ from hearth.clock import Clock, OffsetClock
 from hearth.errors import HearthError
 from hearth.localapi.app import CLOCK_OFFSET_KEY, create_app
 from hearth.localapi.faults import DropLogFilter, FaultInjector
-from hearth.localapi.store import Store
+from hearth.localapi.store import BlobWriter, Store, open_new_file
 from settings.faults import FaultConfig
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class LocalAPIServer:
 
     ``port=0`` picks a free port (read ``.port`` / ``.base_url`` after ``start()``). ``clock=None``
     gives the persisted dev clock. ``faults`` is the initial ``FaultConfig`` (``PUT /_dev/faults``
-    or :meth:`set_faults` change it at run time).
+    or :meth:`set_faults` change it at run time). ``blob_writer`` opens the files uploads are written to
+    (see ``Store``).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class LocalAPIServer:
         clock: Clock | None = None,
         faults: FaultConfig | None = None,
         log_level: str = "warning",
+        blob_writer: BlobWriter = open_new_file,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -111,6 +113,7 @@ class LocalAPIServer:
         self._given_clock = clock
         self.injector = FaultInjector(faults)
         self.log_level = log_level
+        self._blob_writer = blob_writer
         self.clock: Clock | None = None
         self.store: Store | None = None
         self._server: uvicorn.Server | None = None
@@ -164,10 +167,10 @@ class LocalAPIServer:
         """The store (locking the data dir: ``DataDirInUse`` if another server has it) and the clock."""
         if self._given_clock is not None:
             self.clock = self._given_clock
-            self.store = Store(self.data_dir, self.clock)
+            self.store = Store(self.data_dir, self.clock, blob_writer=self._blob_writer)
             return
         clock = OffsetClock()
-        self.store = Store(self.data_dir, clock)
+        self.store = Store(self.data_dir, clock, blob_writer=self._blob_writer)
         stored = self.store.get_meta(CLOCK_OFFSET_KEY)
         if stored is not None:
             clock.advance(float(stored))

@@ -112,6 +112,15 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+BlobWriter = Callable[[Path], BinaryIO]
+"""Opens the temp file an upload's bytes are written to (a seam: a test can make a write block)."""
+
+
+def open_new_file(path: Path) -> BinaryIO:
+    """The default :data:`BlobWriter`: a new file (``x``: never an existing one, such as another upload's)."""
+    return path.open("xb")
+
+
 class Store:
     """SQLite + blob directory under ``data_dir``. ``tenant`` scopes every object (one per API key).
 
@@ -119,7 +128,12 @@ class Store:
     """
 
     def __init__(
-        self, data_dir: Path, clock: Clock, *, token_hex: Callable[[int], str] = secrets.token_hex
+        self,
+        data_dir: Path,
+        clock: Clock,
+        *,
+        token_hex: Callable[[int], str] = secrets.token_hex,
+        blob_writer: BlobWriter = open_new_file,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.blob_dir = self.data_dir / "blobs"
@@ -133,6 +147,7 @@ class Store:
                 leftover.unlink()
         self.clock = clock
         self._token_hex = token_hex
+        self._blob_writer = blob_writer
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(
@@ -189,6 +204,11 @@ class Store:
     def new_tmp_path(self) -> Path:
         """A fresh path in the store's own temp dir (same filesystem as the blobs: rename is atomic)."""
         return self.tmp_dir / f"upload-{self._token_hex(16)}"
+
+    def open_upload(self) -> tuple[Path, BinaryIO]:
+        """A fresh temp path and a handle open for writing its bytes (blocking: call it off the event loop)."""
+        path = self.new_tmp_path()
+        return path, self._blob_writer(path)
 
     def _doom(self, object_id: str) -> None:
         """Unlink the object's bytes when the current transaction commits."""

@@ -27,8 +27,8 @@ from hearth.localapi import LocalAPIServer
 from tests.helpers import until
 
 CHUNK = 64 << 10
-TOTAL = 8 << 20  # the server writes in ~1 MiB batches: the gated 2nd write comes after ~2 MiB
-HOLD_BACK_AT = 4 << 20  # the client sends no more than this until the server's write blocks
+TOTAL = 8 << 20
+HOLD_BACK_AT = 4 << 20  # the client sends no more than this until the server's 2nd write blocks
 BOUND = 60.0  # only a bound for failure: every wait below ends on an event long before it
 
 
@@ -57,7 +57,9 @@ class _GatedRaw(io.FileIO):
         self._writes += 1
         if self._gate is not None and self._writes == self._gate.block_at:
             self._gate.blocked.set()
-            self._gate.release.wait(BOUND)
+            # Longer than any client's bound: a blocked loop must fail the small request, not
+            # be let go first (the test sets release in any case; this only spares a stuck thread).
+            self._gate.release.wait(3 * BOUND)
         return super().write(data)
 
 

@@ -35,6 +35,7 @@ from hearth.pool.reconcile import (
 )
 from hearth.pool.store import BreakerState
 from hearth.runtime import Runtime
+from hearth.sessions.live import LiveSaves
 from settings.pools import PoolSpec
 
 log = logging.getLogger(__name__)
@@ -366,6 +367,16 @@ class Applier:
         raise HearthError(f"unknown action {action.kind!r}")
 
 
+def _session_saves(runtime: Runtime, enqueue: Enqueue) -> list[dict[str, Any]]:
+    """Live saves of active sessions due before the next tick (``hearth.sessions.live``); after the
+    keepalive work, and never in its way: a failure here is logged, the tick still counts."""
+    try:
+        return LiveSaves(runtime).enqueue_due(enqueue)
+    except HearthError as exc:
+        log.warning("session saves not scheduled this tick: %s", exc)
+        return []
+
+
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
          lock_ttl: float = 60.0, rng: random.Random | None = None,
          still_leader: Callable[[], bool] | None = None) -> list[dict[str, Any]] | None:
@@ -384,9 +395,11 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
             held = runtime.redis.get(key) == token.encode()
             return held and (still_leader is None or still_leader())
 
-        return Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
+        done = Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
             Planner(runtime).plan(remote=remote)
         )
+        done.extend(_session_saves(runtime, enqueue))
+        return done
     finally:
         # Release only our own lock (a tick that outlived lock_ttl must not free another's).
         runtime.redis.eval(

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         description="A session's idle window, s: its lease lapses (harvest, retire) when unused this long; "
         "a pool's lease.session_idle_seconds overrides it. Default 1800.",
     )
+    session_save_every: Annotated[float, Field(ge=0)] = Field(
+        15.0,
+        description="While a session is active, its new files are saved this often with no app call, s "
+        "(one file listing per active session per period); a pool's lease.session_save_every_seconds "
+        "overrides it; 0 = off (saved at each lease, after_response and the end only). Default 15.",
+    )
     session_retention: Annotated[float, Field(gt=0)] = Field(
         7 * 24 * 3600.0,
         description="How long a session record (its container history) stays in Redis after its last use, s. "

@@ -419,6 +419,11 @@ class LeaseRules(_Model):
         Field(gt=0, description="Idle window of a session lease, s: unused this long, it lapses and its "
                                 "container is harvested and retired. Default none (HEARTH_SESSION_IDLE)."),
     ] = None
+    session_save_every_seconds: Annotated[
+        float | None,
+        Field(ge=0, description="While a session lease is active, its new files are saved this often, s; "
+                                "0 = off. Default none (HEARTH_SESSION_SAVE_EVERY)."),
+    ] = None
 
 
 class OutputRules(_Model):

@@ -17,7 +17,11 @@ from settings import Settings
 
 DEFAULT_QUEUE = "hearth"
 KEEPALIVE_QUEUE = "hearth.keepalive"
-KEEPALIVE_TASKS = ("hearth.refresh", "hearth.harvest", "hearth.session_harvest")
+KEEPALIVE_TASKS = ("hearth.refresh", "hearth.harvest", "hearth.session_harvest", "hearth.session_save")
+# The live saves of active sessions (one per session per period: thousands a minute) have a queue of
+# their own, so a refresh never waits behind them; a worker takes from each queue in turn.
+SAVES_QUEUE = "hearth.saves"
+SAVES_TASKS = ("hearth.session_live_save",)
 TASK_MODULES = ("tasks.ops", "tasks.sessions")
 
 
@@ -77,8 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Keepalive work (refresh, harvest) has its own queue so it never waits behind a big fill:
         # a worker consumes both (the declared queues), and takes from them in turn.
         "task_default_queue": DEFAULT_QUEUE,
-        "task_queues": (Queue(DEFAULT_QUEUE), Queue(KEEPALIVE_QUEUE)),
-        "task_routes": {name: {"queue": KEEPALIVE_QUEUE} for name in KEEPALIVE_TASKS},
+        "task_queues": (Queue(DEFAULT_QUEUE), Queue(KEEPALIVE_QUEUE), Queue(SAVES_QUEUE)),
+        "task_routes": {name: {"queue": KEEPALIVE_QUEUE} for name in KEEPALIVE_TASKS}
+        | {name: {"queue": SAVES_QUEUE} for name in SAVES_TASKS},
     }
 
 

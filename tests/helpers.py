@@ -82,6 +82,7 @@ def inline_enqueue(rt: Runtime, calls: list[tuple[str, list[Any]]] | None = None
     where the record stands).
     """
     from hearth.errors import HearthError
+    from hearth.sessions import LiveSaves
 
     def run(name: str, args: list[Any]) -> None:
         if calls is not None:
@@ -94,6 +95,8 @@ def inline_enqueue(rt: Runtime, calls: list[tuple[str, list[Any]]] | None = None
             "hearth.adopt": ops.adopt,
             "hearth.delete_orphan": ops.delete_orphan,
             "hearth.harvest": ops.harvest,
+            # A live session save runs now, whatever its delay: inline work is done when apply returns.
+            "hearth.session_live_save": lambda sid, delay=0.0: LiveSaves(rt).save(sid),
         }
         fn = table[name]
         try:
@@ -108,3 +111,29 @@ def inline_enqueue(rt: Runtime, calls: list[tuple[str, list[Any]]] | None = None
 def recording_enqueue(calls: list[tuple[str, list[Any]]]) -> Enqueue:
     """Only record what would be enqueued (nothing runs)."""
     return lambda name, args: calls.append((name, list(args)))
+
+
+def sdk_response(container_id: str, cited: list[tuple[str, str, str]], *, text: str = "Here it is.") -> Any:
+    """A Responses API answer built from the official SDK's own types: one code-interpreter call in
+    ``container_id`` and a message whose text cites ``cited`` files as (container_id, file_id, filename)."""
+    from openai.types.responses import (
+        Response,
+        ResponseCodeInterpreterToolCall,
+        ResponseOutputMessage,
+        ResponseOutputText,
+    )
+    from openai.types.responses.response_output_text import AnnotationContainerFileCitation
+
+    notes = [AnnotationContainerFileCitation(type="container_file_citation", container_id=cid, file_id=fid,
+                                             filename=name, start_index=0, end_index=len(text))
+             for cid, fid, name in cited]
+    return Response(
+        id="resp_test", created_at=0.0, model="gpt-4.1", object="response", parallel_tool_calls=True,
+        tool_choice="auto", tools=[],
+        output=[
+            ResponseCodeInterpreterToolCall(id="ci_test", type="code_interpreter_call", code="...",
+                                            container_id=container_id, status="completed", outputs=[]),
+            ResponseOutputMessage(id="msg_test", type="message", role="assistant", status="completed",
+                                  content=[ResponseOutputText(type="output_text", text=text, annotations=notes)]),
+        ],
+    )

@@ -1,4 +1,4 @@
-"""Session commands: ``hearth session end KEY`` and ``hearth session show KEY``; ``hearth lease --session``.
+"""Session commands: ``hearth session end|show|save KEY``; ``hearth lease --session``.
 
 A session key is the app's own string; these commands hash it the same way the Python API does
 and print only the hash (``session_id``), never the key.
@@ -6,6 +6,7 @@ and print only the hash (``session_id``), never the key.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -77,6 +78,43 @@ def show(
             return
         out.print(f"session {rec.session_id} pool {rec.pool}: container {rec.container_id or '-'}"
                   f"{' (ended)' if rec.ended else ''}; {len(rec.history)} container(s) so far")
+
+
+@session_app.command("save")
+def save(
+    key: str = typer.Argument(..., help="The session key."),
+    response: str | None = typer.Option(
+        None, "--response", help="A Responses API response as JSON (a file, or - for stdin): its cited "
+        "container files are checked too."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Save the session's new files now (what after_response does); exit 1 when a save failed."""
+    import json
+    import sys
+
+    data = None
+    if response is not None:
+        try:
+            text = sys.stdin.read() if response == "-" else Path(response).read_text(encoding="utf-8")
+            data = json.loads(text)
+        except OSError as exc:
+            out.print(f"--response {response}: cannot read it ({exc.strerror})")
+            raise typer.Exit(2) from None
+        except ValueError as exc:
+            out.print(f"--response {response}: not JSON ({exc})")
+            raise typer.Exit(2) from None
+    with _runtime() as rt:
+        done = _sessions_of(rt).after_response(key, data)
+    if as_json:
+        _print_json(done.to_json())
+    else:
+        out.print(f"session {done.session_id}: {done.message}")
+        for c in done.cited:
+            out.print(f"  cited {c['file_id']} ({c.get('filename') or '-'}): {c['status']}")
+        for r in done.refused:
+            out.print(f"  refused {r['file_id']} in {r['container_id']}: {r['reason']}")
+    if done.found and done.failures:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

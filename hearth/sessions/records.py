@@ -1,0 +1,223 @@
+"""What Redis keeps about a session, and the per-session lock: the record store under the session logic.
+
+A session is one JSON record at ``<prefix>:session:<hash>`` (``SessionRecord``), expiring
+``HEARTH_SESSION_RETENTION`` after its last save. The key an app chose never reaches Redis: only its
+hash (``session_hash``). This module knows nothing of leases, restores or harvests; the rest of the
+package reads and writes records through ``RecordStore``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from hearth.errors import LeaseError, StateStoreError
+from hearth.files.lock import TokenFactory, random_token
+from hearth.pool.model import ContainerRecord, State
+from hearth.runtime import Runtime
+
+_HASH_CONTEXT = b"hearth-session\x00"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+
+def session_hash(key: str) -> str:
+    """The id Hearth stores for a session key: sha256 of the key (with a fixed context), 32 hex."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("a session key is a non-empty string")
+    return hashlib.sha256(_HASH_CONTEXT + key.encode("utf-8")).hexdigest()[:32]
+
+
+class SessionContainer(BaseModel):
+    """One container a session had, and where its files were harvested."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    container_id: str
+    name: str
+    target: str  # the rendered harvest URL (the container's own root, with its manifest.json)
+    bound_at: float
+    lease_id: str | None = None
+    # Container-file id -> original container path, for each file a restore uploaded into this container.
+    restored: dict[str, str] = {}
+
+
+class SessionRecord(BaseModel):
+    """What Redis keeps about a session (JSON at ``<prefix>:session:<hash>``, expiring after retention)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    session_id: str
+    pool: str
+    created_at: float
+    last_used_at: float
+    container_id: str | None = None
+    name: str | None = None
+    lease_id: str | None = None
+    token: int | None = None
+    verified_at: float | None = None
+    restoring: bool = False  # a restore into the current container has not finished
+    ended: bool = False
+    history: list[SessionContainer] = []
+    restored_files: list[str] = []
+    renamed: dict[str, str] = {}  # container path -> restored name, for files whose base names collided
+
+    @property
+    def current(self) -> SessionContainer | None:
+        """The history entry of the current container (None between containers or after an end)."""
+        if self.container_id is None or not self.history or self.history[-1].container_id != self.container_id:
+            return None
+        return self.history[-1]
+
+
+@dataclass(frozen=True)
+class SessionLease:
+    """What a session lease hands to the app. ``session_id`` is the key's hash, never the key."""
+
+    pool: str
+    container_id: str
+    name: str
+    lease_id: str
+    token: int
+    expires_at: float
+    session_id: str
+    created: bool = False  # this call started the session
+    restored: bool = False  # this call replaced a lost container and restored the session's files
+    restored_files: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # original path -> restored name (name collisions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "container_id": self.container_id,
+            "name": self.name,
+            "lease_id": self.lease_id,
+            "token": self.token,
+            "expires_at": self.expires_at,
+            "session_id": self.session_id,
+            "created": self.created,
+            "restored": self.restored,
+            "restored_files": list(self.restored_files),
+            "renamed": dict(self.renamed),
+        }
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """What ``end_session`` did."""
+
+    session_id: str
+    found: bool
+    container_id: str | None = None
+    harvested_files: int = 0
+    retiring: bool = False
+    forgotten: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "found": self.found,
+            "container_id": self.container_id,
+            "harvested_files": self.harvested_files,
+            "retiring": self.retiring,
+            "forgotten": self.forgotten,
+        }
+
+
+def still_ours(rt: Runtime, rec: SessionRecord) -> ContainerRecord | None:
+    """The session's container record, if it is still LEASED under the session's lease."""
+    if rec.container_id is None or rec.lease_id is None:
+        return None
+    crec = rt.store.by_container_id(rec.container_id)
+    if crec is None or crec.state is not State.LEASED or crec.lease_id != rec.lease_id:
+        return None
+    return crec
+
+
+class RecordStore:
+    """Session records and the per-session lock in Redis, over one :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime, *, lock_ttl: float = 300.0, lock_wait: float = 300.0,
+                 tokens: TokenFactory | None = None) -> None:
+        self.rt = runtime
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.tokens = tokens or random_token
+
+    def key(self, sid: str, *more: str) -> str:
+        return self.rt.store.key("session", sid, *more)
+
+    def _cmd(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return self.rt.store._cmd(fn, *args, **kw)
+
+    @property
+    def retention(self) -> int:
+        return max(1, int(self.rt.settings.session_retention))
+
+    def load(self, sid: str) -> SessionRecord | None:
+        raw = self._cmd(self.rt.redis.get, self.key(sid))
+        return None if raw is None else SessionRecord.model_validate_json(raw)
+
+    def save(self, rec: SessionRecord) -> None:
+        self._cmd(self.rt.redis.set, self.key(rec.session_id), rec.model_dump_json(), ex=self.retention)
+
+    def delete(self, sid: str) -> None:
+        self._cmd(self.rt.redis.delete, self.key(sid))
+
+    def touch(self, rec: SessionRecord) -> None:
+        """Save the fast path's stamps only, and only onto the record it read (same container and lease).
+
+        The fast path runs without the session lock: a whole-record save could overwrite a rebind
+        that happened meanwhile (and drop its container from the history). WATCH makes it a
+        compare-and-set; a lost race just skips the stamps, which the winner wrote fresher anyway.
+        """
+        key = self.key(rec.session_id)
+        try:
+            with self.rt.redis.pipeline() as pipe:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    return
+                current = SessionRecord.model_validate_json(raw)
+                if (current.container_id, current.lease_id, current.restoring) != (
+                        rec.container_id, rec.lease_id, False):
+                    return
+                current.last_used_at = max(current.last_used_at, rec.last_used_at)
+                if rec.verified_at is not None:
+                    current.verified_at = max(current.verified_at or 0.0, rec.verified_at)
+                pipe.multi()
+                pipe.set(key, current.model_dump_json(), ex=self.retention)
+                pipe.execute()
+        except redis.WatchError:
+            return
+        except redis.RedisError as exc:
+            raise StateStoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def locked(self, sid: str) -> Iterator[Callable[[], None]]:
+        """The per-session lock; yields ``renew()``, which extends it (a long restore calls it per file)."""
+        key = self.key(sid, "lock")
+        token = self.tokens()
+        ttl_ms = max(1, int(self.lock_ttl * 1000))
+        clock = self.rt.clock
+        give_up = clock.now() + self.lock_wait
+        delay = 0.02
+        while not self._cmd(self.rt.redis.set, key, token, nx=True, px=ttl_ms):
+            if clock.now() >= give_up:
+                raise LeaseError(f"session {sid}: another process is still binding it", temporary=True)
+            clock.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+        def renew() -> None:
+            self._cmd(self.rt.redis.eval, _RENEW, 1, key, token, ttl_ms)
+
+        try:
+            yield renew
+        finally:
+            self._cmd(self.rt.redis.eval, _RELEASE, 1, key, token)

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.localapi",
     "tests.fixtures.s3",
     "tests.fixtures.pools",
+    "tests.fixtures.faces",
 ]

@@ -234,8 +234,24 @@ class PoolStore:
         lease_id: str | None = None,
         token: int | None = None,
     ) -> ContainerRecord:
-        reply = self._call(
-            self._transition,
+        args = self._transition_args(kind, ref, froms, to_state, patch, lease_id=lease_id, token=token)
+        return self._transition_reply(self._call(self._transition, *args), ref, froms, to_state)
+
+    # The TRANSITION script's arguments and the meaning of its reply, without IO: the async lease
+    # face (hearth/pool/async_leases.py) runs the same script on redis.asyncio with these two.
+
+    def _transition_args(
+        self,
+        kind: str,
+        ref: str,
+        froms: tuple[State, ...],
+        to_state: State | None,
+        patch: str,
+        *,
+        lease_id: str | None = None,
+        token: int | None = None,
+    ) -> tuple[str, ...]:
+        return (
             kind,
             ref,
             ",".join(s.value for s in froms),
@@ -245,6 +261,10 @@ class PoolStore:
             lease_id or "",
             "" if token is None else str(token),
         )
+
+    def _transition_reply(
+        self, reply: Any, ref: str, froms: tuple[State, ...], to_state: State | None
+    ) -> ContainerRecord:
         status = _text(reply[0])
         if status == "ok":
             return ContainerRecord.from_json(_text(reply[1]))

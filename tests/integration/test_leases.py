@@ -1,19 +1,27 @@
-"""Leases against a real redis-server: choice, fencing, renew, reclaim, waiting, exclusivity."""
+"""Leases against a real redis-server: choice, fencing, renew, reclaim, waiting, exclusivity.
+
+Every test that takes ``leases`` (or ``make_leases``) runs twice: on the sync ``Leases`` and on
+``AsyncLeases`` (redis.asyncio), the same assertions for both faces (tests/fixtures/faces.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from hearth.clock import ManualClock, SystemClock
-from hearth.errors import LeaseError, PoolEmpty
+from hearth.errors import LeaseError, PoolEmpty, StateStoreError
 from hearth.pool import Lease, Leases, PoolStore, State
+from hearth.pool.async_leases import AsyncLeases
+from tests.fixtures.faces import Blocking
 
 POOL = "py"
 
@@ -29,9 +37,23 @@ def store(redis_client: redis.Redis, clock: ManualClock) -> PoolStore:
 
 
 @pytest.fixture
-def leases(store: PoolStore) -> Leases:
+def make_leases(
+    face: str, aio: asyncio.Runner, async_redis: Callable[..., redis.asyncio.Redis]
+) -> Callable[..., Leases]:
+    """``make_leases(store, **options)``: the sync face, or the async face seen through ``Blocking``."""
+
+    def make(store: PoolStore, **options: Any) -> Any:
+        if face == "sync":
+            return Leases(store, **options)
+        return Blocking(AsyncLeases(store, async_redis(), **options), aio)
+
+    return make
+
+
+@pytest.fixture
+def leases(store: PoolStore, make_leases: Callable[..., Leases]) -> Leases:
     counter = itertools.count()
-    return Leases(store, token_factory=lambda: f"lease{next(counter)}", wake_on_ready=False)
+    return make_leases(store, token_factory=lambda: f"lease{next(counter)}", wake_on_ready=False)
 
 
 def make_ready(store: PoolStore, name: str, life: float, digest: str = "d") -> None:
@@ -133,9 +155,11 @@ def test_waiting_on_an_empty_pool_gives_up_after_wait_seconds(leases: Leases, cl
     assert clock.now() >= start + 30
 
 
-def test_a_waiting_lease_gets_a_container_that_becomes_ready(redis_client: redis.Redis) -> None:
+def test_a_waiting_lease_gets_a_container_that_becomes_ready(
+    redis_client: redis.Redis, make_leases: Callable[..., Leases]
+) -> None:
     store = PoolStore(redis_client, SystemClock(), prefix="w")
-    leases = Leases(store)  # real clock: wakes on the pool's "became READY" list
+    leases = make_leases(store)  # real clock: wakes on the pool's "became READY" list
     store.write_intent(POOL, "late")
     store.transition("late", State.CREATING, State.SEEDING, container_id="cntr_late", deadline=store.clock.now() + 900)
     started = threading.Event()
@@ -261,3 +285,111 @@ def test_fifty_callers_in_ten_processes_lease_twenty_containers_exactly_once(
     assert len(results) == 50
     assert len(ok) == 20 and len(set(ok)) == 20
     assert store.counts(POOL)[State.LEASED] == 20
+
+
+def test_redis_errors_are_state_store_errors_on_both_faces(face: str, aio: asyncio.Runner) -> None:
+    # A port nothing listens on: each face must raise the project's error, not redis-py's.
+    dead: dict[str, Any] = {"host": "127.0.0.1", "port": 1, "socket_connect_timeout": 1}
+    store = PoolStore(redis.Redis(**dead), SystemClock(), prefix="d")
+    leases: Any = Leases(store) if face == "sync" else Blocking(AsyncLeases(store, redis.asyncio.Redis(**dead)), aio)
+    with pytest.raises(StateStoreError, match="redis: ConnectionError"):
+        leases.try_lease(POOL, ttl=60)
+
+
+# --- the async face under many coroutines of one event loop -----------------------------------
+
+
+def test_fifty_coroutines_lease_twenty_containers_exactly_once(redis_url: str, aio: asyncio.Runner) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store = PoolStore(client, SystemClock(), prefix="x")
+    _fill(store, 20)
+
+    async def main() -> list[Lease | None]:
+        aclient = redis.asyncio.Redis.from_url(redis_url)
+        leases = AsyncLeases(store, aclient)
+        go = asyncio.Event()
+
+        async def caller(i: int) -> Lease | None:
+            await go.wait()
+            try:
+                return await leases.lease(POOL, ttl=60, holder=f"c{i}")
+            except PoolEmpty:
+                return None
+
+        tasks = [asyncio.create_task(caller(i)) for i in range(50)]
+        go.set()  # all 50 are parked on the event: they start together
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            await aclient.aclose()
+
+    results = aio.run(main())
+    got = [lease for lease in results if lease is not None]
+    assert len(got) == 20 and results.count(None) == 30
+    assert len({lease.container_id for lease in got}) == 20
+    assert len({lease.token for lease in got}) == 20
+    assert store.counts(POOL)[State.LEASED] == 20
+    client.close()
+
+
+def test_fifty_coroutines_taking_turns_never_hold_one_container_twice(redis_url: str, aio: asyncio.Runner) -> None:
+    """50 coroutines, 10 containers, 5 rounds each of lease (waiting) -> hold -> release for reuse: at
+    no moment do two coroutines hold one container, and every lease is eventually served."""
+    client = redis.Redis.from_url(redis_url)
+    store = PoolStore(client, SystemClock(), prefix="x")
+    _fill(store, 10)
+    held: dict[str, int] = {}
+    overlaps: list[tuple[str, int, int]] = []
+    served: list[int] = []
+
+    async def main() -> None:
+        aclient = redis.asyncio.Redis.from_url(redis_url)
+        leases = AsyncLeases(store, aclient, poll_max=0.2)
+
+        async def caller(i: int) -> None:
+            for _ in range(5):
+                async with leases.leased(POOL, ttl=60, wait_seconds=120, holder=f"c{i}", reuse=True) as lease:
+                    if lease.container_id in held:
+                        overlaps.append((lease.container_id, held[lease.container_id], i))
+                    held[lease.container_id] = i
+                    await asyncio.sleep(0)  # let the others run while this one holds it
+                    del held[lease.container_id]
+                    served.append(i)
+
+        try:
+            await asyncio.gather(*(caller(i) for i in range(50)))
+        finally:
+            await aclient.aclose()
+
+    aio.run(main())
+    assert overlaps == []
+    assert len(served) == 250
+    counts = store.counts(POOL)
+    assert counts[State.READY] == 10 and counts[State.LEASED] == 0
+    client.close()
+
+
+def test_a_waiting_coroutine_leaves_the_loop_free_and_takes_the_refill(redis_url: str, aio: asyncio.Runner) -> None:
+    """The lease waits on an empty pool; the coroutine that makes a container READY runs on the same
+    loop meanwhile (it could not if the wait blocked the loop), and the waiter takes that container."""
+    client = redis.Redis.from_url(redis_url)
+    store = PoolStore(client, SystemClock(), prefix="w")
+    store.write_intent(POOL, "late")
+    store.transition("late", State.CREATING, State.SEEDING, container_id="cntr_late", deadline=store.clock.now() + 900)
+
+    async def main() -> tuple[Lease, bool]:
+        aclient = redis.asyncio.Redis.from_url(redis_url)
+        leases = AsyncLeases(store, aclient)  # real clock: wakes on the pool's "became READY" list
+        try:
+            waiter = asyncio.create_task(leases.lease(POOL, ttl=60, wait_seconds=60))
+            await asyncio.sleep(0.2)
+            still_waiting = not waiter.done()
+            # The refill, done from this loop on the async client, by the same TRANSITION script.
+            await leases.io.run(leases.core._transition("name", "late", (State.SEEDING,), State.READY, "{}"))
+            return await waiter, still_waiting
+        finally:
+            await aclient.aclose()
+
+    got, was_waiting = aio.run(main())
+    assert was_waiting and got.name == "late"
+    client.close()

@@ -1,0 +1,215 @@
+"""Sans-IO plumbing: the lease logic is written once and run by a sync or an async driver.
+
+Why: applications are threads (``HearthPools``) or asyncio programs (``AsyncHearthPools``), and the
+lease logic (which Lua script with which arguments, what its reply means, when to wait for a
+refill, when to give up, when to ask the workers for what) must be the same for both, with no copy.
+So that logic is written as generators that *yield* what they need done and receive the result:
+
+    raw = yield Script(scripts.LEASE, (pool, now, ...))     # run a Lua script of scripts.py
+    pool = yield Command("hget", (key, name))               # one Redis command
+    yield Pause(0.05, wake_key)                             # wait for a refill (BLPOP) or sleep
+    yield Enqueue("hearth.retire", [name])                  # hand a task to the workers
+
+They never touch a socket. ``SyncIO`` carries the effects out on ``redis.Redis`` (the calling
+thread blocks), ``AsyncIO`` on ``redis.asyncio.Redis`` (the event loop never blocks): the split of
+h11 and httpx, where the protocol is one object and each face only moves bytes. A driver throws
+every error of an effect back into the generator at the ``yield``, so the logic sees (and may
+catch) it where it asked, and Redis errors arrive as :class:`~hearth.errors.StateStoreError` from
+both faces alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from hearth.clock import Clock, ManualClock
+from hearth.errors import StateStoreError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """Run one of ``scripts.py``'s Lua scripts; ``args`` without the key prefix (the driver adds it)."""
+
+    source: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One Redis command by its redis-py method name, e.g. ``Command("hget", (key, field))``."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait up to ``seconds``; with ``wake_key``, an entry pushed on that list ends the wait early."""
+
+    seconds: float
+    wake_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Hand a task (by name, JSON args) to the workers; the face decides how (Celery, a test's list)."""
+
+    name: str
+    args: list[Any]
+
+
+Effect = Script | Command | Pause | Enqueue
+#: A piece of sans-IO logic: yields effects, receives their results, returns a ``T``.
+Steps = Generator[Effect, Any, T]
+
+SyncEnqueue = Callable[[str, list[Any]], None]
+AsyncEnqueue = Callable[[str, list[Any]], Awaitable[None]]
+
+
+def _no_enqueue(name: str, args: list[Any]) -> None:
+    raise RuntimeError(f"this driver cannot enqueue tasks ({name})")
+
+
+async def _no_enqueue_async(name: str, args: list[Any]) -> None:
+    _no_enqueue(name, args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    value: Any
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the last effect gave: a reply to send into the steps, or an error to throw in."""
+
+    reply: Any = None
+    error: BaseException | None = None
+
+    def fail(self, exc: Exception) -> None:
+        if isinstance(exc, redis.RedisError):
+            # As PoolStore translates them: both faces raise the project's error, never redis-py's.
+            self.error = StateStoreError(f"redis: {type(exc).__name__}: {exc}")
+            self.error.__cause__ = exc
+        else:
+            self.error = exc
+
+    def resume(self, steps: Steps[Any]) -> Effect | _Done:
+        try:
+            return steps.send(self.reply) if self.error is None else steps.throw(self.error)
+        except StopIteration as done:
+            return _Done(done.value)
+
+
+# BLPOP takes whole or fractional seconds; 0 would mean "forever".
+_MIN_BLOCK = 0.01
+
+
+class SyncIO:
+    """Runs :data:`Steps` on a ``redis.Redis`` client; the calling thread blocks on each effect."""
+
+    def __init__(
+        self, redis_client: redis.Redis, prefix: str, clock: Clock, *, enqueue: SyncEnqueue = _no_enqueue
+    ) -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self.clock = clock
+        self._enqueue = enqueue
+        self._scripts: dict[str, Any] = {}
+
+    def run(self, steps: Steps[T]) -> T:
+        outcome = _Outcome()
+        while not isinstance(effect := outcome.resume(steps), _Done):
+            outcome = _Outcome()
+            try:
+                outcome.reply = self._do(effect)
+            except Exception as exc:
+                outcome.fail(exc)
+        return effect.value
+
+    def _do(self, effect: Effect) -> Any:
+        if isinstance(effect, Script):
+            script = self._scripts.get(effect.source)
+            if script is None:
+                script = self._scripts[effect.source] = self.redis.register_script(effect.source)
+            return script(keys=[], args=[self.prefix, *effect.args])
+        if isinstance(effect, Command):
+            return getattr(self.redis, effect.name)(*effect.args, **effect.kwargs)
+        if isinstance(effect, Pause):
+            if effect.wake_key is None:
+                self.clock.sleep(effect.seconds)
+                return None
+            return self.redis.blpop([effect.wake_key], timeout=max(effect.seconds, _MIN_BLOCK))
+        self._enqueue(effect.name, effect.args)
+        return None
+
+
+class AsyncIO:
+    """Runs :data:`Steps` on a ``redis.asyncio.Redis`` client; only the awaiting coroutine waits.
+
+    ``sleep`` is how a plain :class:`Pause` waits: ``asyncio.sleep`` by default, or, with a
+    :class:`~hearth.clock.ManualClock`, advancing that clock (as its sync ``sleep`` does) so a test's
+    waits take no wall time.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis,
+        prefix: str,
+        clock: Clock,
+        *,
+        enqueue: AsyncEnqueue = _no_enqueue_async,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self.clock = clock
+        self._enqueue = enqueue
+        self._sleep = sleep or _default_sleep(clock)
+        self._scripts: dict[str, Any] = {}
+
+    async def run(self, steps: Steps[T]) -> T:
+        outcome = _Outcome()
+        while not isinstance(effect := outcome.resume(steps), _Done):
+            outcome = _Outcome()
+            try:
+                outcome.reply = await self._do(effect)
+            except Exception as exc:
+                outcome.fail(exc)
+        return effect.value
+
+    async def _do(self, effect: Effect) -> Any:
+        if isinstance(effect, Script):
+            script = self._scripts.get(effect.source)
+            if script is None:
+                script = self._scripts[effect.source] = self.redis.register_script(effect.source)
+            return await script(keys=[], args=[self.prefix, *effect.args])
+        if isinstance(effect, Command):
+            return await getattr(self.redis, effect.name)(*effect.args, **effect.kwargs)
+        if isinstance(effect, Pause):
+            if effect.wake_key is None:
+                await self._sleep(effect.seconds)
+                return None
+            return await self.redis.blpop([effect.wake_key], timeout=max(effect.seconds, _MIN_BLOCK))
+        await self._enqueue(effect.name, effect.args)
+        return None
+
+
+def _default_sleep(clock: Clock) -> Callable[[float], Awaitable[None]]:
+    if isinstance(clock, ManualClock):
+
+        async def advance(seconds: float) -> None:
+            clock.sleep(seconds)
+            await asyncio.sleep(0)  # still a suspension point, as a real wait would be
+
+        return advance
+    return asyncio.sleep

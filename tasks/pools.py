@@ -65,13 +65,21 @@ class HearthPools:
         got = self.rt.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
                                        holder=holder)
         if got is None:
+            refused = self.rt.costs.refusal(pool)
+            if refused is not None:  # a hard budget: waiting would be for nothing
+                self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
+                raise PoolEmpty(f"pool {pool!r}: {refused}")
             self._ask_for_refill()
+            waiter = self.rt.costs.demand.waiting(pool, started + wait)
             try:
                 got = self.rt.leases.lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
                                            wait_seconds=wait, holder=holder)
             except PoolEmpty:
                 self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
                 raise
+            finally:
+                waiter.done()
+        self.rt.costs.count_lease(spec, self.rt.clock.now())
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got

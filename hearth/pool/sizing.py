@@ -4,7 +4,7 @@ A warm pool trades money for latency. A static ``buffer`` is either too small fo
 for all night. ``buffer: auto`` sizes the spares from what was observed instead:
 
 * the lease **arrival rate** of the pool (a decaying estimate, :class:`RateEstimate`), and
-* the **time to make a container ready** (create to READY, :class:`ReadyTime`),
+* the **time to make a container ready** (create to READY, :func:`ready_seconds`),
 
 so that a lease arriving while replacements are being made still finds a READY container with the
 asked probability. A lease takes a spare and its replacement is provisioned at once; a lease waits
@@ -25,6 +25,7 @@ functions, and the properties are proved with hypothesis (``tests/unit/test_sizi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Spares are never sized above this, whatever the estimate says: a runaway rate must not turn
@@ -42,7 +43,7 @@ class RateEstimate:
     Each event adds ``1/tau``; between events the rate decays by ``exp(-dt/tau)``. For a steady
     Poisson stream the expected value is the true rate, and after a change it follows within about
     ``tau``. Two estimates with different ``tau`` (fast and slow) together react quickly to a rise
-    and forget a spike slowly (:meth:`DemandEstimate.rate`).
+    and forget a spike slowly (:func:`rate`).
     """
 
     rate: float = 0.0
@@ -59,43 +60,25 @@ class RateEstimate:
         return RateEstimate(rate=self.at_time(now, tau) + events / tau, at=max(now, self.at))
 
 
-@dataclass(frozen=True)
-class ReadyTime:
-    """A decaying mean and mean absolute deviation of create-to-READY seconds.
+def ready_seconds(samples: Sequence[float], *, quantile: float = 0.9, default: float) -> float:
+    """The time to size with from recent create-to-READY samples: a high quantile, not the mean.
 
-    ``estimate`` is ``mean + 2 * deviation``: sizing wants a high quantile of the time a replacement
-    takes, not its average, and this follows a slower backend within a few samples.
+    Sizing must cover the slow replacements too; ``default`` until something was measured.
     """
-
-    mean: float = 0.0
-    deviation: float = 0.0
-    samples: int = 0
-
-    def observe(self, seconds: float, *, weight: float = 0.2) -> ReadyTime:
-        seconds = max(0.0, float(seconds))
-        if self.samples == 0:
-            return ReadyTime(mean=seconds, deviation=0.0, samples=1)
-        mean = self.mean + weight * (seconds - self.mean)
-        deviation = self.deviation + weight * (abs(seconds - self.mean) - self.deviation)
-        return ReadyTime(mean=mean, deviation=deviation, samples=self.samples + 1)
-
-    def estimate(self, default: float) -> float:
-        """The seconds to size with; ``default`` until something was measured."""
-        return default if self.samples == 0 else self.mean + 2.0 * self.deviation
+    if not samples:
+        return default
+    ordered = sorted(max(0.0, float(s)) for s in samples)
+    index = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
+    return ordered[index]
 
 
-@dataclass(frozen=True)
-class DemandEstimate:
-    """What a pool's demand looks like now: arrival rate (leases/s) and ready time (s)."""
+def rate(fast: RateEstimate, slow: RateEstimate, now: float, *, fast_tau: float, slow_tau: float) -> float:
+    """Leases/s to size with: the larger of a fast and a slow estimate.
 
-    fast: RateEstimate = RateEstimate()
-    slow: RateEstimate = RateEstimate()
-    ready: ReadyTime = ReadyTime()
-
-    def rate(self, now: float, *, fast_tau: float, slow_tau: float) -> float:
-        # The larger of the two: a rise shows in the fast one within seconds; after a spike the
-        # slow one keeps spares a while, so a second burst shortly after is also served warm.
-        return max(self.fast.at_time(now, fast_tau), self.slow.at_time(now, slow_tau))
+    A rise shows in the fast one within seconds; after a spike the slow one keeps spares a while,
+    so a second burst shortly after is also served warm.
+    """
+    return max(fast.at_time(now, fast_tau), slow.at_time(now, slow_tau))
 
 
 # --- the policy ----------------------------------------------------------------------------------

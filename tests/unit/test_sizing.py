@@ -13,8 +13,9 @@ from hearth.pool.sizing import (
     AutoBuffer,
     BudgetVerdict,
     RateEstimate,
-    ReadyTime,
     poisson_quantile,
+    rate,
+    ready_seconds,
     size_pool,
     spares_for,
 )
@@ -84,13 +85,19 @@ def test_rate_estimate_follows_a_steady_stream_and_decays_after() -> None:
     assert est.at_time(1800.0 + 5 * tau, tau) < 0.02
 
 
-def test_ready_time_estimate_is_above_the_mean_of_a_noisy_backend() -> None:
-    ready = ReadyTime()
-    for s in [2.0, 3.0, 2.5, 6.0, 2.2, 2.8, 3.1, 2.4] * 5:
-        ready = ready.observe(s)
-    assert 2.5 < ready.mean < 4.0
-    assert ready.estimate(default=1.0) > ready.mean
-    assert ReadyTime().estimate(default=7.0) == 7.0
+def test_ready_seconds_is_a_high_quantile_of_recent_samples() -> None:
+    samples = [2.0, 3.0, 2.5, 6.0, 2.2, 2.8, 3.1, 2.4, 2.6, 2.9]
+    assert ready_seconds(samples, quantile=0.9, default=1.0) == 3.1
+    assert ready_seconds(samples, quantile=1.0, default=1.0) == 6.0
+    assert ready_seconds([], default=7.0) == 7.0
+
+
+def test_rate_takes_the_faster_reaction_and_the_slower_memory() -> None:
+    fast, slow = RateEstimate(), RateEstimate()
+    for i in range(30):  # a burst of 30 leases in 3 s
+        fast, slow = fast.observe(i * 0.1, 10.0), slow.observe(i * 0.1, 600.0)
+    assert rate(fast, slow, 3.0, fast_tau=10.0, slow_tau=600.0) == fast.at_time(3.0, 10.0) > 2.0
+    assert rate(fast, slow, 200.0, fast_tau=10.0, slow_tau=600.0) == slow.at_time(200.0, 600.0) > 0.03
 
 
 # --- properties ----------------------------------------------------------------------------------

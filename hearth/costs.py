@@ -22,9 +22,9 @@ from typing import Any
 
 import redis
 
-from hearth.events import log_event
+from hearth.events import Observer, log_event
 from hearth.pool.demand import DemandStore, DemandView
-from hearth.pool.metering import CostLedger, PoolCost, burn_rate, projected_usd
+from hearth.pool.metering import CATEGORIES, CostLedger, PoolCost, burn_rate, projected_usd
 from hearth.pool.model import ContainerRecord
 from hearth.pool.sizing import AutoBuffer, BudgetVerdict, Sizing, size_pool
 from settings.pools import Budget, PoolSpec
@@ -140,8 +140,13 @@ class Costs:
         """How long a surplus READY container is kept: while its billed minimum is still running."""
         return self.prices.tier(spec.container.memory_limit).billed_seconds(0.0)
 
-    def meter(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float) -> None:
-        self.ledger.tick(spec.name, spec.container.memory_limit, records, now)
+    def meter(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float, observer: Observer) -> None:
+        tier = spec.container.memory_limit
+        accrual = self.ledger.tick(spec.name, tier, records, now)
+        price = self.prices.tier(tier)
+        usd = price.usd(accrual.seconds()) + sum(d for _, d in accrual.minimum_usd)
+        if accrual.spans or accrual.minimum_usd:
+            observer.cost(spec.name, tier, {c: accrual.seconds(c) for c in CATEGORIES}, usd)
 
     def count_lease(self, spec: PoolSpec, now: float) -> None:
         self.demand.count_lease(spec.name)

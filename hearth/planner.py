@@ -211,8 +211,10 @@ class Planner:
             sized = self.rt.costs.size(spec, records, now, min_ready=min_ready, buffer=buffer, leased=leased,
                                        commit=self.commit)
             breaker_open = breaker_open or not sized.sizing.creates_allowed
+            if self.commit:
+                self.rt.observer.spend(spec.name, sized.spend.burn_usd_per_hour, sized.budget.over)
         if self.commit:
-            self.rt.costs.meter(spec, records, now)
+            self.rt.costs.meter(spec, records, now, self.rt.observer)
         desired = self.desired(spec, now, digest=digest, draining=draining, sized=sized)
         actions: list[Action] = reconcile(
             desired,

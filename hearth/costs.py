@@ -9,7 +9,8 @@ the CLI need, so none of them assembles prices, budgets and demand by itself:
 
 A pool's budget is its own ``budget`` in the pools file, else the global
 ``HEARTH_BUDGET_USD_PER_DAY``. It is over when what the pool spent today (UTC) plus what its live
-containers will still cost if nothing touches them again (``projected_usd``) reaches the budget.
+containers will still cost if nothing touches them again (``projected_usd``), plus one more
+container's idle life, would exceed the budget.
 """
 
 from __future__ import annotations
@@ -101,7 +102,11 @@ class Costs:
         demand = self.demand.view(spec.name, now, commit=commit)
         spend = self.spend(spec, records, now)
         verdict = BudgetVerdict()
-        if spend.budget_usd_per_day is not None and spend.today_usd + spend.projected_usd >= spend.budget_usd_per_day:
+        # One more container would cost at least its idle expiry: over when that would not fit.
+        price = self.prices.tier(spec.container.memory_limit)
+        one_more = price.usd(price.billed_seconds(spec.container.expires_after_seconds))
+        if (spend.budget_usd_per_day is not None
+                and spend.today_usd + spend.projected_usd + one_more > spend.budget_usd_per_day):
             verdict = BudgetVerdict(over=True, hard=spend.hard, reason=(
                 f"budget ${spend.budget_usd_per_day:g}/day: spent ${spend.today_usd:.2f} today + "
                 f"${spend.projected_usd:.2f} committed"))

@@ -196,6 +196,14 @@ class Observer(Protocol):
         """One heartbeat tick finished after ``seconds``."""
         ...
 
+    def cost(self, pool: str, memory: str, seconds: Mapping[str, float], usd: float) -> None:
+        """Metering added container-``seconds`` by state (``idle``, ``leased``, ``other``) and ``usd``."""
+        ...
+
+    def spend(self, pool: str, burn_usd_per_hour: float, over_budget: bool) -> None:
+        """What ``pool`` costs per hour now, and whether it is over its budget."""
+        ...
+
     def event(self, kind: str, **fields: Any) -> None:
         """Something worth showing among "recent events" (``kind`` like ``"container.expired"``)."""
         ...
@@ -223,6 +231,12 @@ class NullObserver:
         pass
 
     def tick(self, seconds: float, ok: bool) -> None:
+        pass
+
+    def cost(self, pool: str, memory: str, seconds: Mapping[str, float], usd: float) -> None:
+        pass
+
+    def spend(self, pool: str, burn_usd_per_hour: float, over_budget: bool) -> None:
         pass
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -268,6 +282,12 @@ class FanoutObserver:
 
     def tick(self, seconds: float, ok: bool) -> None:
         self._each("tick", seconds, ok)
+
+    def cost(self, pool: str, memory: str, seconds: Mapping[str, float], usd: float) -> None:
+        self._each("cost", pool, memory, seconds, usd)
+
+    def spend(self, pool: str, burn_usd_per_hour: float, over_budget: bool) -> None:
+        self._each("spend", pool, burn_usd_per_hour, over_budget)
 
     def event(self, kind: str, **fields: Any) -> None:
         self._each("event", kind, **fields)

@@ -183,6 +183,8 @@ class Operations:
             name, State.SEEDING, State.READY, deadline=self._deadline(container, record), error=None
         )
         self.store.record_create_success(record.pool)
+        # Create-to-READY, queue wait included: what `buffer: auto` sizes its spares with.
+        self.rt.costs.demand.observe_ready(record.pool, ready.updated_at - record.created_at)
         log_event(log, "container.ready", pool=record.pool, name=name, container_id=ready.container_id)
         self.rt.observer.event("container.ready", pool=record.pool, container_id=ready.container_id)
         return Outcome(name, "provision", ready.state.value, ready.container_id or "")

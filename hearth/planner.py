@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
 
+from hearth.costs import PoolSizing
 from hearth.errors import Conflict, HearthError, LeaseError
 from hearth.events import log_event
 from hearth.pool.model import ContainerRecord, State, make_name
@@ -62,7 +63,7 @@ class PoolPlan:
     pool: str
     desired_ready: int
     min_ready: int
-    buffer: int
+    buffer: int | str
     max_total: int
     counts: dict[str, int]
     breaker: str
@@ -73,6 +74,8 @@ class PoolPlan:
     # The state of every record when the plan was made: the applier moves records only from these.
     seen: dict[str, State] = field(default_factory=dict)
     error: str | None = None
+    # Why the pool has this size: demand, time to ready, spend and budget (``hearth.costs``).
+    sizing: PoolSizing | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,7 @@ class PoolPlan:
             "draining": self.draining,
             "next_schedule_change": self.next_schedule_change,
             "error": self.error,
+            "sizing": self.sizing.to_json() if self.sizing else None,
             "actions": [a.to_json() for a in self.actions],
         }
 
@@ -112,8 +116,11 @@ def harvest_due(spec: PoolSpec, records: Sequence[ContainerRecord], now: float) 
 class Planner:
     """Reads the pools file and the records; produces a :class:`PoolPlan` per pool."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, commit: bool = False) -> None:
         self.rt = runtime
+        # Only the tick commits (meters container time, folds new leases into the demand estimate);
+        # `hearth plan` and `status` plan with commit=False and change nothing.
+        self.commit = commit
 
     def drain_key(self, pool: str) -> str:
         return self.rt.store.pool_key(pool, "drain")
@@ -127,13 +134,18 @@ class Planner:
         else:
             self.rt.redis.delete(self.drain_key(pool))
 
-    def desired(self, spec: PoolSpec, now: float, *, digest: str, draining: bool = False) -> DesiredPool:
+    def desired(self, spec: PoolSpec, now: float, *, digest: str, draining: bool = False,
+                sized: PoolSizing | None = None) -> DesiredPool:
         min_ready, buffer = (0, 0) if draining else spec.sizes_at(now)
         expires = spec.container.expires_after_minutes
+        # Demand sizing and budgets set the READY target; a static buffer keeps the reconcile's rule.
+        explicit = sized is not None and (buffer == "auto" or sized.budget.over)
         return DesiredPool(
             name=spec.name,
             min_ready=min_ready,
-            buffer=buffer,
+            buffer=0 if buffer == "auto" else int(buffer),
+            ready=sized.sizing.ready_target if explicit and sized is not None else None,
+            hold_surplus_seconds=self.rt.costs.hold_surplus_seconds(spec) if buffer == "auto" else 0.0,
             max_total=spec.max_total,
             keepalive_margin=min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0),
             inputs_digest=digest,
@@ -193,7 +205,18 @@ class Planner:
             error = f"inputs: {exc}"
             digest = _common_digest(records)
             breaker_open = True
-        desired = self.desired(spec, now, digest=digest, draining=draining)
+        sized: PoolSizing | None = None
+        if not draining:
+            min_ready, buffer = spec.sizes_at(now)
+            leased = sum(1 for r in records if r.state is State.LEASED)
+            sized = self.rt.costs.size(spec, records, now, min_ready=min_ready, buffer=buffer, leased=leased,
+                                       commit=self.commit)
+            breaker_open = breaker_open or not sized.sizing.creates_allowed
+            if self.commit:
+                self.rt.observer.spend(spec.name, sized.spend.burn_usd_per_hour, sized.budget.over)
+        if self.commit:
+            self.rt.costs.meter(spec, records, now, self.rt.observer)
+        desired = self.desired(spec, now, digest=digest, draining=draining, sized=sized)
         actions: list[Action] = reconcile(
             desired,
             records,
@@ -209,7 +232,7 @@ class Planner:
             pool=spec.name,
             desired_ready=ready_target(desired, counts.get("leased", 0)),
             min_ready=desired.min_ready,
-            buffer=desired.buffer,
+            buffer="auto" if spec.sizes_at(now)[1] == "auto" and not draining else desired.buffer,
             max_total=desired.max_total,
             counts=counts,
             breaker=breaker.state.value,
@@ -219,6 +242,7 @@ class Planner:
             actions=actions,
             seen={r.name: r.state for r in records},
             error=error,
+            sizing=sized,
         )
 
     def _orphans(self, plans: list[PoolPlan], remote: list[RemoteContainer], now: float) -> list[PoolPlan]:
@@ -396,7 +420,7 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
             return held and (still_leader is None or still_leader())
 
         done = Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
-            Planner(runtime).plan(remote=remote)
+            Planner(runtime, commit=True).plan(remote=remote)
         )
         done.extend(_session_saves(runtime, enqueue))
         return done

@@ -20,6 +20,7 @@ import redis
 
 from hearth.api.client import ContainersClient
 from hearth.clock import Clock, SystemClock
+from hearth.costs import Costs
 from hearth.errors import ConfigError
 from hearth.events import NullObserver, Observer, log_event
 from hearth.files.harvest import Harvester
@@ -27,7 +28,7 @@ from hearth.files.inputs import InputItem, inputs_digest, resolve_inputs
 from hearth.pool.leases import Leases
 from hearth.pool.store import BreakerPolicy, PoolStore
 from settings import Settings, load_pools
-from settings.pools import PoolsFile, PoolsFileError, PoolSpec
+from settings.pools import Budget, PoolsFile, PoolsFileError, PoolSpec
 from settings.pools_loader import parse_pools
 
 if TYPE_CHECKING:
@@ -71,6 +72,12 @@ class Runtime:
         )
         self.store = PoolStore(redis_client, self.clock, prefix=settings.key_prefix, breaker=breaker)
         self.leases = Leases(self.store)
+        global_budget = (Budget(usd_per_day=settings.budget_usd_per_day, hard=settings.budget_hard)
+                         if settings.budget_usd_per_day else None)
+        self.costs = Costs(redis_client, prices=settings.prices, prefix=settings.key_prefix,
+                           retention_days=settings.cost_retention_days, budget=global_budget,
+                           fast_tau=settings.demand_fast_tau, slow_tau=settings.demand_slow_tau,
+                           ready_default=settings.demand_ready_default)
         self.harvester = Harvester(client, self.clock)
         self._pools = _PoolsCache()
         # Why the pools file on disk is not the one in use (None: it is).

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from settings.faults import FaultConfig
+from settings.prices import PriceTable
 
 DEFAULT_LOCAL_PORT = 8650
 
@@ -142,6 +143,34 @@ class Settings(BaseSettings):
         7 * 24 * 3600.0,
         description="How long a session record (its container history) stays in Redis after its last use, s. "
         "Default 604800 (7 days).",
+    )
+
+    # --- cost -------------------------------------------------------------------------------------
+    prices: PriceTable = Field(
+        default_factory=PriceTable,
+        description="Container prices per memory tier (JSON, e.g. {\"tiers\": {\"4g\": {\"usd_per_minute\": 0.006, "
+        "\"minimum_minutes\": 5}}}); tiers not named keep the published price (settings/prices.py says its source "
+        "and date). Default OpenAI's per-minute prices with a 5-minute minimum.",
+    )
+    budget_usd_per_day: Annotated[float | None, Field(gt=0)] = Field(
+        None, description="Daily budget (UTC day) of every pool without a `budget` of its own, $. Default none."
+    )
+    budget_hard: bool = Field(
+        False, description="With HEARTH_BUDGET_USD_PER_DAY: over budget, create nothing (not only no spares). "
+        "Default false.",
+    )
+    cost_retention_days: Annotated[float, Field(gt=0)] = Field(
+        35.0, description="How long hourly cost aggregates stay in Redis, days. Default 35."
+    )
+    demand_fast_tau: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="Time constant of the fast lease-rate estimate of `buffer: auto`, s. Default 60."
+    )
+    demand_slow_tau: Annotated[float, Field(gt=0)] = Field(
+        900.0, description="Time constant of the slow lease-rate estimate (how long a spike is remembered), s. "
+        "Default 900.",
+    )
+    demand_ready_default: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="Time to ready assumed by `buffer: auto` before any was measured, s. Default 10."
     )
 
     # --- local API -----------------------------------------------------------------------------

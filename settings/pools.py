@@ -501,6 +501,27 @@ class Keepalive(_Model):
     ] = 180
 
 
+class DemandRules(_Model):
+    """How ``buffer: auto`` sizes the spares from observed demand (hearth/pool/sizing.py)."""
+
+    target_wait_seconds: Annotated[
+        float, Field(ge=0, description="A lease may wait this long for a container at no loss, s. Default 0.5.")
+    ] = 0.5
+    percentile: Annotated[
+        float, Field(ge=0.5, lt=1, description="Share of leases served within the target wait. Default 0.99.")
+    ] = 0.99
+
+
+class Budget(_Model):
+    """What a pool may spend per day (UTC); over it, no idle spares (hard: no new containers)."""
+
+    usd_per_day: Annotated[float, Field(gt=0, description="Dollars per UTC day the pool may spend.")]
+    hard: Annotated[
+        bool, Field(description="Over budget, create nothing (leases get PoolEmpty) instead of keeping no spares. "
+                                "Default false.")
+    ] = False
+
+
 # --- schedules ----------------------------------------------------------------------------------
 
 
@@ -570,8 +591,14 @@ class PoolSpec(_Model):
     name: Annotated[str, Field(pattern=POOL_NAME_PATTERN, description="The pool's key under `pools`.")]
     min_ready: Annotated[int, Field(ge=0, description="Ready (idle, loaded) containers kept at least. Default 1.")] = 1
     buffer: Annotated[
-        int, Field(ge=0, description="Ready containers kept above the number currently leased. Default 0.")
+        Annotated[int, Field(ge=0)] | Literal["auto"],
+        Field(description="Ready containers kept above the number currently leased, or `auto`: spares sized from "
+                          "the observed lease rate and time to ready, for `demand`'s wait target. Default 0."),
     ] = 0
+    demand: Annotated[DemandRules, Field(description="Wait target of `buffer: auto`.")] = DemandRules()
+    budget: Annotated[
+        Budget | None, Field(description="Daily budget (`{usd_per_day, hard}`); none = HEARTH_BUDGET_USD_PER_DAY.")
+    ] = None
     max_total: Annotated[
         int, Field(ge=1, description="Hard cap on the pool's containers in any state. Default 10.")
     ] = 10
@@ -596,7 +623,7 @@ class PoolSpec(_Model):
         if self.min_ready > cap:
             problems.append((("min_ready",), f"min_ready {self.min_ready} exceeds max_total {cap}",
                              "min_ready max_total"))
-        if self.buffer and self.buffer >= cap:
+        if isinstance(self.buffer, int) and self.buffer and self.buffer >= cap:
             problems.append((("buffer",), f"buffer {self.buffer} must be below max_total {cap}, "
                              "or no container could be leased while the buffer is kept", "buffer max_total"))
         for i, s in enumerate(self.schedules):
@@ -657,8 +684,9 @@ class PoolSpec(_Model):
                 best = key
         return None if best is None else self.schedules[best[1]]
 
-    def sizes_at(self, now: datetime | float) -> tuple[int, int]:
-        """``(min_ready, buffer)`` in effect at ``now`` (aware datetime or epoch seconds)."""
+    def sizes_at(self, now: datetime | float) -> tuple[int, int | Literal["auto"]]:
+        """``(min_ready, buffer)`` in effect at ``now`` (aware datetime or epoch seconds); a schedule's
+        numeric buffer overrides ``auto``."""
         s = self.active_schedule(now)
         if s is None:
             return self.min_ready, self.buffer
@@ -682,7 +710,11 @@ class PoolDefaults(_Model):
     """Values every pool starts from; a pool's own values win, objects are merged key by key."""
 
     min_ready: Annotated[int | None, Field(ge=0, description="Default min_ready.")] = None
-    buffer: Annotated[int | None, Field(ge=0, description="Default buffer.")] = None
+    buffer: Annotated[
+        Annotated[int, Field(ge=0)] | Literal["auto"] | None, Field(description="Default buffer.")
+    ] = None
+    demand: Annotated[DemandRules | None, Field(description="Default wait target of `buffer: auto`.")] = None
+    budget: Annotated[Budget | None, Field(description="Default daily budget of each pool.")] = None
     max_total: Annotated[int | None, Field(ge=1, description="Default max_total.")] = None
     container: Annotated[ContainerOptions | None, Field(description="Default container options.")] = None
     inputs: Annotated[list[InputSpec] | None, Field(description="Default inputs (a pool's list replaces it).")] = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,15 +53,27 @@ class PoolsCore:
         wait = float(wait if wait is not None else rules.wait_seconds)
         minimum = rules.min_remaining_on_claim_seconds
         started = self.rt.clock.now()
+        costs = self.rt.costs
         got = yield from self.leases.try_lease(pool, ttl=ttl, min_remaining=minimum, holder=holder)
         if got is None:
+            refused = yield Command("get", (costs.refusal_key(pool),))
+            if refused is not None:  # a hard budget: waiting would be for nothing
+                self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
+                raise PoolEmpty(f"pool {pool!r}: {refused.decode() if isinstance(refused, bytes) else refused}")
             yield from self._ask_for_refill()
+            # Registered while waiting, so a budget keeps a container for this caller.
+            waiting_key, ident = costs.demand.key(pool, "waiting"), secrets.token_hex(8)
+            yield Command("zadd", (waiting_key, {ident: started + wait}))
             try:
                 got = yield from self.leases.lease(pool, ttl=ttl, min_remaining=minimum, wait_seconds=wait,
                                                    holder=holder)
             except PoolEmpty:
                 self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
                 raise
+            finally:
+                yield Command("zrem", (waiting_key, ident))
+        for command, args in costs.lease_counters(spec, self.rt.clock.now()):
+            yield Command(command, args)
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got

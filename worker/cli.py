@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_up",
     "worker.cmd_session",
     "worker.cmd_fill",
+    "worker.cmd_cost",
 )
 
 

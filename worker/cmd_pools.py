@@ -157,11 +157,12 @@ def plan(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         if as_json:
             _print_json([p.to_json() for p in plans])
             return
-        table = Table("pool", "desired ready", "counts", "breaker", "actions")
+        table = Table("pool", "desired ready", "why", "counts", "breaker", "actions")
         for p in plans:
             actions = "\n".join(_describe(a.to_json()) for a in p.actions) or "-"
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "-"
-            table.add_row(p.pool, str(p.desired_ready), counts, p.breaker, actions)
+            why = p.sizing.sizing.why if p.sizing else "-"
+            table.add_row(p.pool, str(p.desired_ready), why, counts, p.breaker, actions)
         out.print(table)
 
 
@@ -199,6 +200,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "draining": p.draining,
                     "next_schedule_change": p.next_schedule_change,
                     "error": p.error,
+                    "cost": p.sizing.spend.to_json() if p.sizing else None,
+                    "sizing": p.sizing.to_json() if p.sizing else None,
                 }
                 for p in plans
             },
@@ -208,12 +211,18 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             return
         out.print(f"API {data['api_base']} ({data['backend']}), Redis {data['redis_url']}, "
                   f"heartbeat {'alive' if beat else '[red]not running[/]'}")
-        table = Table("pool", "desired", "ready", "leased", "provisioning", "expired/failed", "breaker", "next change")
+        table = Table("pool", "desired", "ready", "leased", "provisioning", "expired/failed", "breaker", "$/h",
+                      "next change")
         pools: dict[str, dict[str, Any]] = data["pools"]  # type: ignore[assignment]
         for name, p in pools.items():
+            burn = f"{p['cost']['burn_usd_per_hour']:.3f}" if p["cost"] else "-"
             table.add_row(name, str(p["desired"]), str(p["ready"]), str(p["leased"]), str(p["provisioning"]),
-                          str(p["expired"] + p["failed"]), str(p["breaker"]), str(p["next_schedule_change"] or "-"))
+                          str(p["expired"] + p["failed"]), str(p["breaker"]), burn,
+                          str(p["next_schedule_change"] or "-"))
         out.print(table)
+        for name, p in pools.items():
+            if p["sizing"]:
+                out.print(f"{name}: {p['sizing']['why']}")
 
 
 def gc(

@@ -22,7 +22,9 @@ Rules (one tick):
 * READY containers with another ``inputs_digest`` are rotated gradually: replacements are
   provisioned (at most ``rotate_batch`` at a time) before the stale ones are retired as surplus;
   at ``max_total`` one stale container at a time is retired first to make room.
-* Surplus READY containers are retired, least life left first. Lapsed leases are reclaimed.
+* Surplus READY containers are retired, least life left first, except those younger than
+  ``hold_surplus_seconds`` (their billed minimum is paid: deleting saves nothing). Lapsed leases
+  are reclaimed.
 * Remote containers named ``{name_prefix}-{pool}-…`` with no record, older than ``orphan_grace``,
   are deleted (orphans).
 * An open breaker stops provisioning, nothing else.
@@ -62,6 +64,12 @@ class DesiredPool:
     stuck_timeout: float = 900.0
     rotate_batch: int = 1
     name_prefix: str = "hearth"
+    # An explicit READY target (demand sizing or a budget, ``sizing.py``) instead of
+    # ``max(min_ready, leased + buffer)``; still capped by max_total.
+    ready: int | None = None
+    # Surplus READY containers younger than this (since create) are kept, not deleted: their
+    # billed minimum is paid already, so deleting them saves nothing and one may serve a lease.
+    hold_surplus_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.min_ready, self.max_total, self.buffer) < 0:
@@ -210,9 +218,11 @@ def find_orphans(
 def ready_target(desired: DesiredPool, leased: int) -> int:
     """How many READY containers the pool wants while ``leased`` are out.
 
-    ``max(min_ready, leased + buffer)``, capped so READY and LEASED together fit in ``max_total``.
+    ``max(min_ready, leased + buffer)`` (or ``desired.ready`` when sizing set it), capped so READY and
+    LEASED together fit in ``max_total``.
     """
-    return min(max(desired.min_ready, leased + desired.buffer), max(0, desired.max_total - leased))
+    wanted = max(desired.min_ready, leased + desired.buffer) if desired.ready is None else desired.ready
+    return min(wanted, max(0, desired.max_total - leased))
 
 
 def _expired(record: ContainerRecord, now: float) -> bool:
@@ -327,6 +337,8 @@ def reconcile(
     ranked = sorted(ready, key=lambda r: (stale(r), -r.remaining(now), r.name))
     kept, surplus = ranked[:target], ranked[target:]
     for r in surplus:
+        if not stale(r) and now - (r.bound_at or r.created_at) < desired.hold_surplus_seconds:
+            continue  # paid for already: it lapses into a later tick's surplus (or serves a lease)
         retire(r, "stale-inputs" if stale(r) else "surplus", harvest=r.lease_count > 0)
 
     kept_stale = [r for r in kept if stale(r)]

@@ -108,6 +108,19 @@ class HearthMetrics:
             registry=r, multiprocess_mode="max",
         )
         self.events = Counter("hearth_events", "Observer events by kind.", ["kind"], registry=r)
+        self.container_seconds = Counter(
+            "hearth_container_seconds", "Billed container time by pool, memory tier and state (idle/leased/other), s.",
+            ["pool", "memory", "state"], registry=r,
+        )
+        self.cost_usd = Counter("hearth_cost_usd", "Metered container cost, $.", ["pool"], registry=r)
+        self.burn_rate = Gauge(
+            "hearth_cost_burn_usd_per_hour", "What the pool's live containers cost per hour now, $.", ["pool"],
+            registry=r, multiprocess_mode="mostrecent",
+        )
+        self.over_budget = Gauge(
+            "hearth_pool_over_budget", "1 while the pool is over its daily budget.", ["pool"],
+            registry=r, multiprocess_mode="mostrecent",
+        )
 
 
 _default_lock = threading.Lock()
@@ -174,6 +187,17 @@ class PrometheusObserver:
         self.metrics.ticks.labels("ok" if ok else "error").inc()
         self.metrics.tick_seconds.observe(max(seconds, 0.0))
         self.metrics.last_tick.set_to_current_time()
+
+    def cost(self, pool: str, memory: str, seconds: Mapping[str, float], usd: float) -> None:
+        for state, value in seconds.items():
+            if value > 0:
+                self.metrics.container_seconds.labels(pool, memory, state).inc(value)
+        if usd > 0:
+            self.metrics.cost_usd.labels(pool).inc(usd)
+
+    def spend(self, pool: str, burn_usd_per_hour: float, over_budget: bool) -> None:
+        self.metrics.burn_rate.labels(pool).set(burn_usd_per_hour)
+        self.metrics.over_budget.labels(pool).set(1 if over_budget else 0)
 
     def event(self, kind: str, **fields: Any) -> None:
         self.metrics.events.labels(kind).inc()

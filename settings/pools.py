@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -41,6 +42,18 @@ from settings.pools_errors import PoolsFileError, PoolsFileIssue
 
 POOL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
 MemoryLimit = Literal["1g", "4g", "16g", "64g"]
+
+
+def _buffer_size(value: Any) -> Any:
+    # One clear message for both forms, not one per member of the union.
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _problem("Input should be greater than or equal to 0 (or `auto`)")
+    raise _problem(f"buffer must be a number of containers (0 or more) or `auto`, not {value!r}")
+
+
+BufferSize = Annotated[int | Literal["auto"], BeforeValidator(_buffer_size)]
 # The placeholders hearth.files.storage.render_url fills (a test keeps the two sets equal).
 TARGET_PLACEHOLDERS: frozenset[str] = frozenset({"pool", "container_id", "lease_id", "date", "year", "month", "day"})
 PoolName = Annotated[str, Field(pattern=POOL_NAME_PATTERN)]
@@ -591,7 +604,7 @@ class PoolSpec(_Model):
     name: Annotated[str, Field(pattern=POOL_NAME_PATTERN, description="The pool's key under `pools`.")]
     min_ready: Annotated[int, Field(ge=0, description="Ready (idle, loaded) containers kept at least. Default 1.")] = 1
     buffer: Annotated[
-        Annotated[int, Field(ge=0)] | Literal["auto"],
+        BufferSize,
         Field(description="Ready containers kept above the number currently leased, or `auto`: spares sized from "
                           "the observed lease rate and time to ready, for `demand`'s wait target. Default 0."),
     ] = 0
@@ -711,7 +724,7 @@ class PoolDefaults(_Model):
 
     min_ready: Annotated[int | None, Field(ge=0, description="Default min_ready.")] = None
     buffer: Annotated[
-        Annotated[int, Field(ge=0)] | Literal["auto"] | None, Field(description="Default buffer.")
+        BufferSize | None, Field(description="Default buffer.")
     ] = None
     demand: Annotated[DemandRules | None, Field(description="Default wait target of `buffer: auto`.")] = None
     budget: Annotated[Budget | None, Field(description="Default daily budget of each pool.")] = None

@@ -4,6 +4,10 @@ Each operation takes a record name (or a container id), reads the record, does t
 moves the record with compare-and-set transitions. Every one is idempotent: run twice, or after a
 crash anywhere in the middle, it ends in the same place. Temporary errors propagate (the task
 retries them); permanent ones mark the record FAILED so the reconcile replaces the container.
+
+A create that no retry can mend (the pool's spec or its environment is at fault) opens the pool's
+breaker at once and for good, with the reason, until the planner sees the spec or the variables
+change; a created container that lacks what its spec asks is deleted before it is seeded or leased.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, list[Any]], None]
 DEFAULT_STUCK_TIMEOUT = 900.0  # harvest/delete work without progress this long is issued again, s
+SPEC_CHANGED = "the pool's spec changed"  # a breaker_retry; any other one is an environment change
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Planner:
         if not breaker.permanent:
             return None
         if breaker.spec_hash and breaker.spec_hash != spec_hash(spec):
-            return "the pool's spec changed"
+            return SPEC_CHANGED
         if breaker.env and breaker.env_retry and not missing_secret_vars(spec.container, self.env) \
                 and all(self.env.get(v) for v in breaker.env):
             return f"{', '.join(breaker.env)} now set"
@@ -324,7 +325,7 @@ class Applier:
     def _lift(self, plan: PoolPlan) -> None:
         """End the pool's permanent pause before its probe create; Conflict when it changed since."""
         assert plan.breaker_opened_at is not None
-        env_change = plan.breaker_retry is not None and plan.breaker_retry.endswith("now set")
+        env_change = plan.breaker_retry != SPEC_CHANGED
         if not self.rt.store.lift_breaker(plan.pool, plan.breaker_opened_at, env_change=env_change):
             raise Conflict(f"pool {plan.pool}: its breaker changed since the plan")
         log_event(log, "pool.resumed", pool=plan.pool, why=plan.breaker_retry, reason=plan.breaker_reason)

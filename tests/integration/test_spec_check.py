@@ -29,7 +29,7 @@ from hearth.api.client import ContainersClient
 from hearth.api.dialects import Dialect
 from hearth.api.retry import RetryPolicy
 from hearth.clock import OffsetClock
-from hearth.errors import BadRequest, ConfigError, PoolEmpty
+from hearth.errors import AuthError, BadRequest, ConfigError, PoolEmpty
 from hearth.operations import Operations
 from hearth.planner import Planner, tick
 from hearth.pool.model import State, make_name
@@ -236,19 +236,24 @@ def test_a_dialect_that_drops_a_needed_field_is_refused_before_any_create_until_
     assert rt.store.breaker_state("delta").state is BreakerState.CLOSED
 
 
-class RefuseCreates(httpx.BaseTransport):
-    """The real transport, except that every container create is refused as an invalid body (400)."""
+REFUSED_BODY = {"error": {"message": "Invalid 'skills[0].skill_id': no such skill.", "type": "invalid_request_error",
+                          "param": "skills[0].skill_id", "code": None}}
+NO_KEY_BODY = {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None,
+                         "code": "invalid_api_key"}}
 
-    def __init__(self) -> None:
+
+class RefuseCreates(httpx.BaseTransport):
+    """The real transport, except that every container create is answered ``status`` with ``body``
+    (the local API refuses neither a valid body nor, without keys, any key)."""
+
+    def __init__(self, status: int = 400, body: dict[str, object] | None = None) -> None:
         self.inner = httpx.HTTPTransport()
+        self.status, self.body = status, body or REFUSED_BODY
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path.rstrip("/").endswith("/containers"):
             request.read()
-            return httpx.Response(400, json={"error": {
-                "message": "Invalid 'skills[0].skill_id': no such skill.", "type": "invalid_request_error",
-                "param": "skills[0].skill_id", "code": None,
-            }})
+            return httpx.Response(self.status, json=self.body)
         return self.inner.handle_request(request)
 
     def close(self) -> None:
@@ -276,3 +281,23 @@ def test_a_400_for_the_pools_own_body_pauses_it_until_the_spec_changes(
     (plan,) = Planner(rt).plan()
     assert plan.breaker_retry == "the pool's spec changed"
     assert [a.count for a in plan.actions if isinstance(a, Provision)] == [1]
+
+
+def test_a_refused_key_pauses_the_pool_at_once_for_a_cool_down_since_the_planner_cannot_see_it_change(
+    pools_env: PoolEnv, hearth_runtime: Runtime, side_runtime: Callable[[ContainersClient], Runtime],
+    local_api: LocalAPI, hearth_clock: OffsetClock,
+) -> None:
+    write_pools(pools_env, BIG_POOLS.format(min_ready=1, memory="4g"))
+    rt = side_runtime(ContainersClient(local_api.base_url, transport=RefuseCreates(401, NO_KEY_BODY),
+                                       retry=RetryPolicy(max_retries=0)))
+    name = make_name(rt.settings.name_prefix, "delta")
+    rt.store.write_intent("delta", name)
+
+    with pytest.raises(AuthError):
+        Operations(rt).provision(name)
+    breaker = rt.store.breaker_state("delta")
+    assert breaker.state is BreakerState.OPEN and not breaker.permanent and breaker.failures == 1  # no threshold
+    assert breaker.reason is not None and "401" in breaker.reason
+    hearth_clock.advance(rt.settings.breaker_cooldown + 1)
+    (plan,) = Planner(rt).plan()
+    assert plan.breaker == "half-open" and [a.count for a in plan.actions if isinstance(a, Provision)] == [1]

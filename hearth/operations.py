@@ -4,18 +4,33 @@ Each operation takes a record name (or a container id), reads the record, does t
 moves the record with compare-and-set transitions. Every one is idempotent: run twice, or after a
 crash anywhere in the middle, it ends in the same place. Temporary errors propagate (the task
 retries them); permanent ones mark the record FAILED so the reconcile replaces the container.
+
+A create that no retry can mend (the pool's spec or its environment is at fault) opens the pool's
+breaker at once and for good, with the reason, until the planner sees the spec or the variables
+change; a created container that lacks what its spec asks is deleted before it is seeded or leased.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hearth.api.models import Container, ContainerFile, CreateContainerRequest
-from hearth.errors import APIError, Busy, ConfigError, Conflict, ContainerExpired, HearthError, NotFound
+from hearth.errors import (
+    APIError,
+    BadRequest,
+    Busy,
+    ConfigError,
+    Conflict,
+    ContainerExpired,
+    HearthError,
+    NotFound,
+)
 from hearth.events import log_event, redact_text
 from hearth.files.harvest import HarvestPolicy, HarvestProgress, HarvestReport, ProgressCallback
 from hearth.files.inputs import InputItem, glob_literal, input_paths, split_file_ids, sync_inputs
@@ -23,7 +38,7 @@ from hearth.files.lock import HarvestLock, TokenFactory
 from hearth.files.storage import StorageTarget
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
-from settings.pools import OutputRules, PoolsFileError, PoolSpec
+from settings.pools import ContainerOptions, NetworkPolicyAllowlist, OutputRules, PoolsFileError, PoolSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +66,68 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, APIError):
         parts += [str(v) for v in (exc.status, exc.param, exc.code) if v is not None]
     return " ".join(parts) + ": " + redact_text(str(exc))[:200]
+
+
+def spec_hash(spec: PoolSpec) -> str:
+    """A short digest of the pool's spec as loaded (secret values are never in it, only variable
+    names): a create refused for the pool's own spec is retried once this changes."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def missing_secret_vars(options: ContainerOptions, env: Mapping[str, str]) -> list[str]:
+    """The ``value_env`` variables of the pool's domain secrets that are unset or empty in ``env``."""
+    policy = options.network_policy
+    if not isinstance(policy, NetworkPolicyAllowlist):
+        return []
+    return sorted({ref.value_env for ref in policy.domain_secrets if not env.get(ref.value_env)})
+
+
+# What the API does when a create field is left out (SEMANTICS.md §2): asking for exactly that needs
+# no forwarding, so a backend that drops the field still makes the container the pool wants.
+_API_DEFAULT_MEMORY = "1g"
+_API_DEFAULT_EXPIRES_MINUTES = 20
+# The fix, when a route drops create fields: LiteLLM's /v1 routes drop them, its /openai
+# pass-through forwards every field (GATEWAYS.md §2.6).
+ROUTE_FIX = ("use a route that forwards every create field (for LiteLLM its /openai pass-through, "
+             "HEARTH_API_BASE=http://<proxy>/openai), or ask for less in the pool")
+
+
+def asked_create_fields(options: ContainerOptions, file_ids: list[str]) -> dict[str, str]:
+    """The create fields the pool relies on (those that differ from the API's default when left
+    out), each with a secret-free description of what is asked."""
+    asked: dict[str, str] = {}
+    if options.memory_limit != _API_DEFAULT_MEMORY:
+        asked["memory_limit"] = options.memory_limit
+    if options.expires_after_minutes != _API_DEFAULT_EXPIRES_MINUTES:
+        asked["expires_after"] = f"{options.expires_after_minutes} minutes"
+    policy = options.network_policy
+    if policy is not None and policy.type != "disabled":  # disabled is the API's default
+        asked["network_policy"] = policy.type
+    if options.skills:
+        asked["skills"] = f"{len(options.skills)} skill(s)"
+    if file_ids:
+        asked["file_ids"] = f"{len(file_ids)} file id(s)"
+    return asked
+
+
+def dropped_create_fields(asked: Mapping[str, str], forwarded: frozenset[str] | None) -> list[str]:
+    """The fields of ``asked`` that a backend forwarding only ``forwarded`` (None: all) would drop."""
+    if forwarded is None:
+        return []
+    return sorted(set(asked) - forwarded)
+
+
+def spec_mismatch(options: ContainerOptions, container: Container) -> list[str]:
+    """How ``container`` differs from what the pool asks, where the backend echoes it (a field left
+    out of the answer is not checked: older and gateway responses omit them)."""
+    found: list[str] = []
+    if container.memory_limit is not None and container.memory_limit != options.memory_limit:
+        found.append(f"memory_limit (asked {options.memory_limit}, got {container.memory_limit})")
+    policy = options.network_policy
+    echoed = container.network_policy
+    if policy is not None and echoed is not None and echoed.type != policy.type:
+        found.append(f"network_policy (asked {policy.type}, got {echoed.type})")
+    return found
 
 
 def harvest_template(outputs: OutputRules, storage_url: str) -> str:
@@ -135,9 +212,13 @@ def pinned_target(rt: Runtime, record: ContainerRecord, *, lease_id: str | None 
 class Operations:
     """Worker-side operations over one :class:`Runtime`."""
 
-    def __init__(self, runtime: Runtime, *, tokens: TokenFactory | None = None) -> None:
-        """``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``)."""
+    def __init__(
+        self, runtime: Runtime, *, tokens: TokenFactory | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        """``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``);
+        ``env``: where domain-secret values are read at create (default ``os.environ``)."""
         self.tokens = tokens
+        self.env: Mapping[str, str] = os.environ if env is None else env
         self.rt = runtime
         self.store = runtime.store
         self.client = runtime.client
@@ -159,7 +240,13 @@ class Operations:
         file_ids, _ = split_file_ids(items)
 
         if record.state is State.CREATING:
-            record = self._create(record, spec, file_ids, digest)
+            record, created = self._create(record, spec, file_ids, digest)
+            if record.state is State.FAILED:
+                return Outcome(name, "provision", State.FAILED.value, record.error or "")
+            # Checked before any input is copied in: a container unlike its spec is never seeded.
+            rejected = self._check_spec(record, spec, created)
+            if rejected is not None:
+                return rejected
         if record.container_id is None:
             raise Conflict(f"{name}: SEEDING without a container id")
         try:
@@ -179,6 +266,9 @@ class Operations:
         if not container.usable:
             self.store.fail(name, State.SEEDING, f"container is {container.status!r} after seeding")
             return Outcome(name, "provision", State.FAILED.value, container.status)
+        rejected = self._check_spec(record, spec, container)
+        if rejected is not None:
+            return rejected
         ready = self.store.transition(
             name, State.SEEDING, State.READY, deadline=self._deadline(container, record), error=None
         )
@@ -189,29 +279,52 @@ class Operations:
         self.rt.observer.event("container.ready", pool=record.pool, container_id=ready.container_id)
         return Outcome(name, "provision", ready.state.value, ready.container_id or "")
 
-    def _create(self, record: ContainerRecord, spec: PoolSpec, file_ids: list[str], digest: str) -> ContainerRecord:
+    def _create(
+        self, record: ContainerRecord, spec: PoolSpec, file_ids: list[str], digest: str
+    ) -> tuple[ContainerRecord, Container | None]:
+        """The record SEEDING with its container (created or adopted), or FAILED with no container."""
         name = record.name
         # A retried provision (crash after the create, before the record update) adopts by name.
         existing = self.client.find_container_by_name(name) if record.attempts > 0 else None
         self.store.update(name, State.CREATING, attempts=record.attempts + 1, inputs_digest=digest)
         if existing is None or not existing.usable:
             if not self.store.breaker_allows(record.pool):
+                breaker = self.store.breaker_state(record.pool)
+                if breaker.permanent:
+                    # Paused until the spec or the environment changes: retrying this task cannot help.
+                    return self.store.fail(name, State.CREATING, f"not created: {breaker.describe()}"), None
                 raise HearthError(f"pool {record.pool}: breaker open, create deferred", temporary=True)
+            asked = asked_create_fields(spec.container, file_ids)
+            dropped = dropped_create_fields(asked, self.client.create_fields)
+            if dropped:
+                what = ", ".join(f"{f} (asked {asked[f]})" for f in dropped)
+                raise self._refuse(record, spec, ConfigError(
+                    f"the {self.client.dialect} API route does not forward {what} on create, so its containers "
+                    f"would not get it: {ROUTE_FIX}", where=f"pool {record.pool}"))
             try:
-                body = spec.container.create_body(name)
+                body = spec.container.create_body(name, env=self.env)
             except PoolsFileError as exc:
-                self.store.fail(name, State.CREATING, "the pools file cannot build the create request")
-                raise ConfigError(str(exc), where=f"pool {record.pool}") from None
+                raise self._refuse(record, spec, ConfigError(str(exc), where=f"pool {record.pool}"),
+                                   env=missing_secret_vars(spec.container, self.env)) from None
             if file_ids:
                 body["file_ids"] = file_ids
             try:
                 existing = self.client.create_container(CreateContainerRequest.model_validate(body))
             except HearthError as exc:
-                self.store.record_create_failure(record.pool, reason(exc))
-                if not exc.temporary:
-                    self.store.fail(name, State.CREATING, f"create failed: {reason(exc)}")
+                if exc.temporary:
+                    self.store.record_create_failure(record.pool, reason(exc))
+                    raise
+                self.store.fail(name, State.CREATING, f"create failed: {reason(exc)}")
+                if isinstance(exc, BadRequest):
+                    # The backend refuses the pool's own body: the same body would be refused again.
+                    self.store.open_breaker(record.pool, f"create refused: {reason(exc)}", permanent=True,
+                                            spec_hash=spec_hash(spec))
+                else:
+                    # A key or a route the backend refuses is about the deployment, which the planner
+                    # cannot see change: pause for one cool-down, then the usual probe.
+                    self.store.open_breaker(record.pool, f"create failed: {reason(exc)}", permanent=False)
                 raise
-        return self.store.transition(
+        seeding = self.store.transition(
             name,
             State.CREATING,
             State.SEEDING,
@@ -219,6 +332,43 @@ class Operations:
             bound_at=self.clock.now(),
             deadline=self._deadline(existing, record),
         )
+        return seeding, existing
+
+    def _refuse(
+        self, record: ContainerRecord, spec: PoolSpec, exc: ConfigError, *, env: list[str] | None = None
+    ) -> ConfigError:
+        """Nothing was sent: the pool's spec (or the environment it reads) cannot make a container.
+        Fail the intent and pause the pool until its spec or those variables change."""
+        self.store.fail(record.name, State.CREATING, f"not created: {reason(exc)}")
+        status = self.store.open_breaker(record.pool, str(exc), permanent=True, spec_hash=spec_hash(spec),
+                                         env=env or ())
+        log_event(log, "pool.paused", level=logging.ERROR, pool=record.pool, name=record.name,
+                  reason=status.reason, retry_on="pools file change" + (f" or {', '.join(env)} set" if env else ""))
+        self.rt.observer.event("pool.paused", pool=record.pool)
+        return exc
+
+    def _check_spec(self, record: ContainerRecord, spec: PoolSpec, container: Container | None) -> Outcome | None:
+        """Retire a container that lacks what its pool asks (a gateway that dropped a create field):
+        never leased; the pool's breaker opens with the reason (the usual cool-down, then a probe)."""
+        wrong = spec_mismatch(spec.container, container) if container is not None else []
+        if container is None or not wrong:
+            return None
+        why = f"backend dropped {'; '.join(wrong)} on create: {ROUTE_FIX}"
+        name, cid = record.name, container.id
+        self.store.fail(name, State.SEEDING, f"rejected: {why}")
+        self.store.open_breaker(record.pool, why, permanent=False)
+        log_event(log, "container.rejected", level=logging.ERROR, pool=record.pool, name=name, container_id=cid,
+                  reason=why)
+        self.rt.observer.event("container.rejected", pool=record.pool, container_id=cid)
+        try:
+            with contextlib.suppress(NotFound, ContainerExpired):
+                self.client.delete_container(cid)
+        except HearthError as exc:  # the FAILED record keeps the id: the next tick retires it
+            log.warning("could not delete rejected container %s yet: %s", cid, reason(exc))
+            return Outcome(name, "provision", State.FAILED.value, why)
+        self.store.transition(name, State.FAILED, State.GONE)
+        self.store.forget(name, states=State.GONE)
+        return Outcome(name, "provision", State.GONE.value, why)
 
     def _deadline(self, container: Container, record: ContainerRecord) -> float:
         at = container.expires_at()

@@ -9,8 +9,9 @@ mark) and then hands it to ``enqueue`` — a callable, so this module knows noth
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from hearth.costs import PoolSizing
 from hearth.errors import Conflict, HearthError, LeaseError
 from hearth.events import log_event
+from hearth.operations import missing_secret_vars, spec_hash
 from hearth.pool.model import ContainerRecord, State, make_name
 from hearth.pool.reconcile import (
     Action,
@@ -34,7 +36,7 @@ from hearth.pool.reconcile import (
     ready_target,
     reconcile,
 )
-from hearth.pool.store import BreakerState
+from hearth.pool.store import BreakerState, BreakerStatus
 from hearth.runtime import Runtime
 from hearth.sessions.live import LiveSaves
 from settings.pools import PoolSpec
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, list[Any]], None]
 DEFAULT_STUCK_TIMEOUT = 900.0  # harvest/delete work without progress this long is issued again, s
+SPEC_CHANGED = "the pool's spec changed"  # a breaker_retry; any other one is an environment change
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,12 @@ class PoolPlan:
     error: str | None = None
     # Why the pool has this size: demand, time to ready, spend and budget (``hearth.costs``).
     sizing: PoolSizing | None = None
+    # A create failed for a reason no retry mends: the pool creates nothing until its spec or the
+    # environment changes. ``breaker_retry`` says which change the planner sees now (the applier
+    # then lifts the pause and lets one create probe it); ``breaker_opened_at`` names the pause.
+    breaker_permanent: bool = False
+    breaker_retry: str | None = None
+    breaker_opened_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +96,8 @@ class PoolPlan:
             "counts": self.counts,
             "breaker": self.breaker,
             "breaker_reason": self.breaker_reason,
+            "breaker_permanent": self.breaker_permanent,
+            "breaker_retry": self.breaker_retry,
             "draining": self.draining,
             "next_schedule_change": self.next_schedule_change,
             "error": self.error,
@@ -116,11 +127,29 @@ def harvest_due(spec: PoolSpec, records: Sequence[ContainerRecord], now: float) 
 class Planner:
     """Reads the pools file and the records; produces a :class:`PoolPlan` per pool."""
 
-    def __init__(self, runtime: Runtime, *, commit: bool = False) -> None:
+    def __init__(self, runtime: Runtime, *, commit: bool = False, env: Mapping[str, str] | None = None) -> None:
+        """``env``: where the planner looks for the variables a paused pool lacked (default ``os.environ``)."""
         self.rt = runtime
         # Only the tick commits (meters container time, folds new leases into the demand estimate);
         # `hearth plan` and `status` plan with commit=False and change nothing.
         self.commit = commit
+        self.env: Mapping[str, str] = os.environ if env is None else env
+
+    def retry_reason(self, spec: PoolSpec, breaker: BreakerStatus) -> str | None:
+        """Why a pool paused for a permanent create failure may try again now (None: it may not).
+
+        Cheap, every tick: the spec's digest, and whether the missing secret variables are set here
+        (where the heartbeat runs; workers normally share its environment, and when one does not, the
+        store remembers the try and does not lift the same pause for the same reason again).
+        """
+        if not breaker.permanent:
+            return None
+        if breaker.spec_hash and breaker.spec_hash != spec_hash(spec):
+            return SPEC_CHANGED
+        if breaker.env and breaker.env_retry and not missing_secret_vars(spec.container, self.env) \
+                and all(self.env.get(v) for v in breaker.env):
+            return f"{', '.join(breaker.env)} now set"
+        return None
 
     def drain_key(self, pool: str) -> str:
         return self.rt.store.pool_key(pool, "drain")
@@ -195,7 +224,8 @@ class Planner:
         store = self.rt.store
         draining = self.draining(spec.name)
         breaker = store.breaker_state(spec.name)
-        breaker_open = breaker.state is BreakerState.OPEN
+        retry = self.retry_reason(spec, breaker)
+        breaker_open = breaker.state is BreakerState.OPEN and retry is None
         error: str | None = None
         try:
             _, digest = self.rt.inputs(spec)
@@ -223,7 +253,7 @@ class Planner:
             now,
             remote=remote,
             breaker_open=breaker_open,
-            max_provision=1 if breaker.state is BreakerState.HALF_OPEN else None,
+            max_provision=1 if breaker.state is BreakerState.HALF_OPEN or retry is not None else None,
         )
         actions.extend(harvest_due(spec, records, now))
         counts = _counts(records)
@@ -243,6 +273,9 @@ class Planner:
             seen={r.name: r.state for r in records},
             error=error,
             sizing=sized,
+            breaker_permanent=breaker.permanent,
+            breaker_retry=retry,
+            breaker_opened_at=breaker.opened_at,
         )
 
     def _orphans(self, plans: list[PoolPlan], remote: list[RemoteContainer], now: float) -> list[PoolPlan]:
@@ -304,6 +337,8 @@ class Applier:
                 try:
                     if isinstance(action, Provision):
                         action = self._still_needed(action, plan)
+                        if action.count > 0 and plan.breaker_retry is not None:
+                            self._lift(plan)
                     if self._apply(action, plan.seen.get(getattr(action, "name", ""))):
                         done.append(action.to_json())
                 except (Conflict, LeaseError) as exc:
@@ -311,6 +346,14 @@ class Applier:
                 except HearthError as exc:
                     log.warning("could not apply %s: %s", action.kind, exc)
         return done
+
+    def _lift(self, plan: PoolPlan) -> None:
+        """End the pool's permanent pause before its probe create; Conflict when it changed since."""
+        assert plan.breaker_opened_at is not None
+        env_change = plan.breaker_retry != SPEC_CHANGED
+        if not self.rt.store.lift_breaker(plan.pool, plan.breaker_opened_at, env_change=env_change):
+            raise Conflict(f"pool {plan.pool}: its breaker changed since the plan")
+        log_event(log, "pool.resumed", pool=plan.pool, why=plan.breaker_retry, reason=plan.breaker_reason)
 
     def _still_needed(self, action: Provision, plan: PoolPlan) -> Provision:
         """The provision less what was provisioned since the plan was made (a stale or repeated plan

@@ -1,4 +1,5 @@
-"""Fault injection for the local Containers API: latency, 5xx, 429 with Retry-After, dropped connections.
+"""Fault injection for the local Containers API: latency, 5xx, 429 with Retry-After, dropped connections,
+and create fields dropped the way a gateway drops them.
 
 Off by default. Set overall or per endpoint, deterministic under ``seed``. Lives in settings because
 it is configuration (``HEARTH_FAULTS`` as JSON, or ``PUT /_dev/faults`` at run time). Endpoint names
@@ -40,10 +41,24 @@ class EndpointFaults(BaseModel):
     )
 
 
+# Fields of a create body a gateway can drop (``drop_create_fields``).
+CREATE_FIELDS: tuple[str, ...] = (
+    "expires_after", "file_ids", "memory_limit", "metadata", "network_policy", "skills",
+)
+
+
 class FaultConfig(EndpointFaults):
     """Overall faults plus per-endpoint overrides keyed by endpoint name (e.g. ``containers.create``)."""
 
     seed: int | None = Field(None, description="Seed of the fault RNG; same seed, same faults. Default random.")
+    drop_create_fields: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Create-body fields removed before the API sees them, as a gateway that does not forward them "
+            "(LiteLLM's /v1 routes drop memory_limit, network_policy, skills): the container is made "
+            "without them and says so in its answer. Default [] (none)."
+        ),
+    )
     endpoints: dict[str, EndpointFaults] = Field(
         default_factory=dict,
         description=(
@@ -62,12 +77,20 @@ class FaultConfig(EndpointFaults):
             raise ValueError(f"unknown endpoint name(s) {unknown}; known: {', '.join(ENDPOINT_NAMES)}")
         return value
 
+    @field_validator("drop_create_fields")
+    @classmethod
+    def _known_create_fields(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(CREATE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown create field(s) {unknown}; known: {', '.join(CREATE_FIELDS)}")
+        return value
+
     def for_endpoint(self, name: str) -> EndpointFaults:
         return self.endpoints.get(name, self)
 
     @property
     def active(self) -> bool:
         every = [self, *self.endpoints.values()]
-        return any(
+        return bool(self.drop_create_fields) or any(
             f.latency_ms or f.jitter_ms or f.error_rate or f.rate_limit_rate or f.drop_rate for f in every
         )

@@ -10,13 +10,16 @@ test hands an Applier's actions to workers: a real Celery worker, or the test's 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import openai
+import pytest
 from celery import Celery
 
 from hearth.clock import ManualClock, OffsetClock
+from hearth.localapi.faults import Decision, FaultInjector
 from hearth.operations import Operations
 from hearth.planner import Enqueue
 from hearth.runtime import Runtime
@@ -58,6 +61,25 @@ def sdk(local_api: LocalAPI) -> openai.OpenAI:
 def remote_names(client: openai.OpenAI, prefix: str) -> dict[str, str]:
     """Container id -> name of every container on the server whose name starts with ``prefix``."""
     return {c.id: c.name for c in client.containers.list(limit=100) if c.name.startswith(prefix)}
+
+
+def count_requests(local_api: LocalAPI, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Requests per endpoint name (``containers.create``, …) that reached the in-process local API.
+
+    Counted by its fault injector, which is made to look at every request even with no fault set
+    (its decisions are unchanged: with no fault configured, every request passes).
+    """
+    seen: Counter[str] = Counter()
+    injector = local_api.server.injector
+    decide = injector.decide
+
+    def counting(name: str) -> Decision:
+        seen[name] += 1
+        return decide(name)
+
+    monkeypatch.setattr(injector, "decide", counting)
+    monkeypatch.setattr(FaultInjector, "active", property(lambda self: True))
+    return seen
 
 
 def advance_both(local_api: LocalAPI, clock: OffsetClock, seconds: float) -> None:

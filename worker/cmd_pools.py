@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hearth.errors import ConfigError, HearthError, PoolEmpty
@@ -162,8 +163,16 @@ def plan(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             actions = "\n".join(_describe(a.to_json()) for a in p.actions) or "-"
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "-"
             why = p.sizing.sizing.why if p.sizing else "-"
-            table.add_row(p.pool, str(p.desired_ready), why, counts, p.breaker, actions)
+            table.add_row(p.pool, str(p.desired_ready), why, counts,
+                          _breaker_text(p.breaker, p.breaker_reason, p.breaker_permanent), actions)
         out.print(table)
+
+
+def _breaker_text(state: str, why: str | None, permanent: bool) -> str:
+    """The breaker as a person reads it: its state, and why it is not closed."""
+    if state == "closed" or not why:
+        return state
+    return escape(f"{state}{' until the pools file or the environment changes' if permanent else ''}: {why}")
 
 
 def _describe(action: dict[str, Any]) -> str:
@@ -197,6 +206,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "provisioning": p.counts.get("creating", 0) + p.counts.get("seeding", 0),
                     "breaker": p.breaker,
                     "breaker_reason": p.breaker_reason,
+                    "breaker_permanent": p.breaker_permanent,
+                    "breaker_retry": p.breaker_retry,
                     "draining": p.draining,
                     "next_schedule_change": p.next_schedule_change,
                     "error": p.error,
@@ -220,9 +231,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                           str(p["expired"] + p["failed"]), str(p["breaker"]), burn,
                           str(p["next_schedule_change"] or "-"))
         out.print(table)
-        for name, p in pools.items():
+        for name, p in pools.items():  # the reasons below the table: too long for a cell
+            if p["breaker"] != "closed" and p["breaker_reason"]:
+                out.print(f"[red]{name}: breaker "
+                          f"{_breaker_text(p['breaker'], p['breaker_reason'], p['breaker_permanent'])}[/]",
+                          highlight=False)
             if p["sizing"]:
-                out.print(f"{name}: {p['sizing']['why']}")
+                out.print(f"{name}: {p['sizing']['why']}", highlight=False)
 
 
 def gc(

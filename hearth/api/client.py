@@ -143,7 +143,7 @@ class ContainersClient:
         base_url: str,
         *,
         api_key: SecretStr | str | None = None,
-        dialect: str = "openai",
+        dialect: str | Dialect = "openai",
         gateway_provider: str = "openai",
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
@@ -154,7 +154,9 @@ class ContainersClient:
         observer: Observer | None = None,
     ) -> None:
         self._observer = observer
-        self._dialect: Dialect = make_dialect(dialect, gateway_provider=gateway_provider)
+        self._dialect: Dialect = (
+            dialect if isinstance(dialect, Dialect) else make_dialect(dialect, gateway_provider=gateway_provider)
+        )
         self.base_url = self._dialect.base_url(base_url)
         self._key: SecretStr | None = SecretStr(api_key) if isinstance(api_key, str) else api_key
         if self._key is not None and not self._key.get_secret_value():
@@ -206,6 +208,11 @@ class ContainersClient:
     @property
     def dialect(self) -> str:
         return self._dialect.name
+
+    @property
+    def create_fields(self) -> frozenset[str] | None:
+        """The create-body fields this backend forwards (None: all); see ``Dialect.create_fields``."""
+        return self._dialect.create_fields
 
     def __repr__(self) -> str:
         key = "***" if self._key is not None else None

@@ -23,6 +23,10 @@ uploads.delete         ``DELETE /files/{file_id}``
 uploads.content        ``GET /files/{file_id}/content``
 =====================  ==================================================
 
+``drop_create_fields`` makes the server behave like a gateway that does not forward some create fields:
+they are removed from the body of ``containers.create`` before the route sees it, so the container is
+made with the API's defaults (and its answer shows them).
+
 Per request, in this order: latency (``latency_ms`` + uniform ``0..jitter_ms``); a dropped connection
 (``drop_rate``; before the request takes effect, or after it did and before the answer's body when
 ``drop_after_processing``); a 429 with ``Retry-After: retry_after_seconds`` (omitted when 0); a 500 or
@@ -180,6 +184,9 @@ class FaultMiddleware:
         if name is None:
             await self.app(scope, receive, send)
             return
+        config = self.injector.config
+        if name == "containers.create" and config.drop_create_fields:
+            scope, receive = await _without_fields(scope, receive, config.drop_create_fields)
         decision = self.injector.decide(name)
         if decision.delay > 0:
             await anyio.sleep(decision.delay)
@@ -211,6 +218,38 @@ class FaultMiddleware:
             headers.append((b"retry-after", str(decision.retry_after).encode()))
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+async def _without_fields(scope: Scope, receive: Receive, fields: list[str]) -> tuple[Scope, Receive]:
+    """The request with ``fields`` removed from its JSON body (a body that is not a JSON object is left
+    as it is: the route answers it as usual)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        body = json.dumps({k: v for k, v in data.items() if k not in fields}).encode()
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()  # after the body: disconnects and the like, from the real client
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return {**scope, "headers": headers}, replay
 
 
 class DropLogFilter(logging.Filter):

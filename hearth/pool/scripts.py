@@ -181,6 +181,11 @@ local k = pk(pool, 'breaker')
 local state = redis.call('HGET', k, 'state') or 'closed'
 local failures = tonumber(redis.call('HGET', k, 'failures') or '0')
 local first_at = tonumber(redis.call('HGET', k, 'first_at') or '0')
+if redis.call('HGET', k, 'permanent') == '1' then
+  -- paused for a reason no retry mends: a late temporary failure must not replace that reason
+  redis.call('HSET', k, 'failures', failures + 1, 'last_at', now)
+  return redis.call('HGETALL', k)
+end
 if state == 'open' then
   local open_until = tonumber(redis.call('HGET', k, 'open_until') or '0')
   failures = failures + 1
@@ -211,11 +216,58 @@ BREAKER_ALLOW = (
 local pool, now, cooldown = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local k = pk(pool, 'breaker')
 if (redis.call('HGET', k, 'state') or 'closed') ~= 'open' then return 1 end
+if redis.call('HGET', k, 'permanent') == '1' then return 0 end  -- until the planner lifts it
 local open_until = tonumber(redis.call('HGET', k, 'open_until') or '0')
 if now < open_until then return 0 end
 local probe_until = tonumber(redis.call('HGET', k, 'probe_until') or '0')
 if now < probe_until then return 0 end
 redis.call('HSET', k, 'probe_until', now + cooldown)
+return 1
+"""
+)
+
+# ARGV: P, pool, now, cooldown, reason, permanent (0|1), spec_hash, env (JSON list)
+# -> the breaker hash. Opens the breaker at once (no threshold): for a create that failed for a
+# reason no retry mends (``permanent``: until the planner lifts it) or that made a container unlike
+# its spec (a cool-down, then the usual half-open probe). ``env_retry`` is 0 when the same spec and
+# the same missing variables were already lifted once for an environment change that the failing
+# worker did not see (the heartbeat has the variable, the worker not): lifting again would churn.
+BREAKER_OPEN = (
+    PRELUDE
+    + r"""
+local pool, now, cooldown, reason, permanent, spec_hash, env =
+  ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local k = pk(pool, 'breaker')
+local failures = tonumber(redis.call('HGET', k, 'failures') or '0') + 1
+local env_retry = '1'
+if redis.call('HGET', k, 'lifted_for') == spec_hash .. '|' .. env then env_retry = '0' end
+redis.call('DEL', k)
+local open_until = now + cooldown
+if permanent == '1' then open_until = 0 end
+redis.call('HSET', k, 'state', 'open', 'failures', failures, 'first_at', now, 'last_at', now,
+  'opened_at', now, 'open_until', open_until, 'probe_until', 0, 'reason', reason,
+  'permanent', permanent, 'spec_hash', spec_hash, 'env', env, 'env_retry', env_retry)
+return redis.call('HGETALL', k)
+"""
+)
+
+# ARGV: P, pool, opened_at, why -> 1 when the permanent breaker opened at ``opened_at`` was lifted
+# (a newer opening is left alone). What it was lifted for stays, so BREAKER_OPEN can tell a change
+# the workers did not see.
+BREAKER_LIFT = (
+    PRELUDE
+    + r"""
+local pool, opened_at, why = ARGV[2], ARGV[3], ARGV[4]
+local k = pk(pool, 'breaker')
+if redis.call('HGET', k, 'permanent') ~= '1' then return 0 end
+if tonumber(redis.call('HGET', k, 'opened_at') or '-1') ~= tonumber(opened_at) then return 0 end
+local lifted_for = ''
+if why == 'env' then
+  lifted_for = (redis.call('HGET', k, 'spec_hash') or '') .. '|' .. (redis.call('HGET', k, 'env') or '[]')
+end
+local reason = redis.call('HGET', k, 'reason') or ''
+redis.call('DEL', k)
+redis.call('HSET', k, 'state', 'closed', 'failures', 0, 'lifted_for', lifted_for, 'lifted_reason', reason)
 return 1
 """
 )

@@ -19,6 +19,7 @@ import redis
 
 from hearth.clock import Clock
 from hearth.errors import Conflict, LeaseError, StateStoreError
+from hearth.events import redact_text
 from hearth.pool import scripts
 from hearth.pool.model import MAX_ERROR_CHARS, ContainerRecord, State, can_transition
 
@@ -56,12 +57,24 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class BreakerStatus:
+    """A pool's create breaker as read from Redis; ``reason`` is operator-facing and secret-free.
+
+    ``permanent``: opened by a create that no retry can mend (a missing secret variable, a pools
+    file the backend refuses): it stays OPEN with no cool-down until the planner sees the pool's
+    spec (``spec_hash``) or the environment (the variables in ``env``) change. ``env_retry`` is
+    False once an environment change the workers did not share was already tried.
+    """
+
     pool: str
     state: BreakerState
     failures: int = 0
     reason: str | None = None
     opened_at: float | None = None
     open_until: float | None = None
+    permanent: bool = False
+    spec_hash: str | None = None
+    env: tuple[str, ...] = ()
+    env_retry: bool = True
 
     @property
     def is_open(self) -> bool:
@@ -71,6 +84,8 @@ class BreakerStatus:
     def describe(self) -> str:
         if self.state is BreakerState.CLOSED:
             return "closed"
+        if self.permanent:
+            return f"open until the pools file or the environment changes: {self.reason or 'unknown'}"
         until = f" until {self.open_until:.0f}" if self.open_until is not None else ""
         return f"{self.state.value} after {self.failures} create failures{until}: {self.reason or 'unknown'}"
 
@@ -95,6 +110,8 @@ class PoolStore:
         self._forget = redis_client.register_script(scripts.FORGET)
         self._breaker_failure = redis_client.register_script(scripts.BREAKER_FAILURE)
         self._breaker_allow = redis_client.register_script(scripts.BREAKER_ALLOW)
+        self._breaker_open = redis_client.register_script(scripts.BREAKER_OPEN)
+        self._breaker_lift = redis_client.register_script(scripts.BREAKER_LIFT)
 
     def __repr__(self) -> str:
         return f"PoolStore(prefix={self.prefix!r})"
@@ -309,6 +326,34 @@ class PoolStore:
         )
         return self.breaker_state(pool)
 
+    def open_breaker(
+        self, pool: str, reason: str, *, permanent: bool, spec_hash: str = "", env: Iterable[str] = ()
+    ) -> BreakerStatus:
+        """Open the pool's breaker now, whatever the count, with ``reason`` (masked of secrets).
+
+        ``permanent``: until :meth:`lift_breaker` (the planner, when ``spec_hash`` or the variables
+        ``env`` change); otherwise for one cool-down, then the usual half-open probe.
+        """
+        self._call(
+            self._breaker_open,
+            pool,
+            repr(round(self.clock.now(), 3)),
+            repr(float(self.breaker_policy.cooldown)),
+            redact_text(reason)[:MAX_ERROR_CHARS],
+            "1" if permanent else "0",
+            spec_hash,
+            json.dumps(sorted(set(env))),
+        )
+        return self.breaker_state(pool)
+
+    def lift_breaker(self, pool: str, opened_at: float, *, env_change: bool = False) -> bool:
+        """End a permanent pause that opened at ``opened_at``; False when it is not that one any more.
+
+        ``env_change``: lifted because its variables appeared where the planner runs; remembered,
+        so that the same failure again (a worker without them) stays open instead of churning.
+        """
+        return bool(self._call(self._breaker_lift, pool, repr(round(opened_at, 3)), "env" if env_change else "spec"))
+
     def record_create_success(self, pool: str) -> BreakerStatus:
         """A create worked: the breaker closes (also ends a half-open probe)."""
         self._cmd(self.redis.delete, self.pool_key(pool, "breaker"))
@@ -327,6 +372,14 @@ class PoolStore:
         if fields.get("state") != "open":
             return BreakerStatus(pool=pool, state=BreakerState.CLOSED, failures=failures, reason=reason)
         opened_at = float(fields.get("opened_at", "0"))
+        if fields.get("permanent") == "1":
+            env = json.loads(fields.get("env") or "[]")
+            return BreakerStatus(
+                pool=pool, state=BreakerState.OPEN, failures=failures, reason=reason, opened_at=opened_at,
+                permanent=True, spec_hash=fields.get("spec_hash") or None,
+                env=tuple(str(v) for v in env) if isinstance(env, list) else (),
+                env_retry=fields.get("env_retry", "1") == "1",
+            )
         open_until = float(fields.get("open_until", "0"))
         state = BreakerState.OPEN if self.clock.now() < open_until else BreakerState.HALF_OPEN
         return BreakerStatus(

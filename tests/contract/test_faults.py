@@ -101,6 +101,24 @@ def test_per_endpoint_and_dev_routes_never_faulted(local_api: LocalAPI) -> None:
     assert httpx.get(f"{local_api.root_url}/_dev/faults").json()["error_rate"] == 0.0
 
 
+def test_dropped_create_fields_make_the_container_with_the_api_defaults_as_a_gateway_would(
+    local_api: LocalAPI,
+) -> None:
+    local_api.set_faults({"drop_create_fields": ["memory_limit", "network_policy"]})
+    client = openai.OpenAI(base_url=local_api.base_url, api_key="unused", max_retries=0)
+    made = client.containers.create(name="narrow", memory_limit="4g", network_policy={"type": "disabled"},
+                                    expires_after={"anchor": "last_active_at", "minutes": 7})
+    assert made.memory_limit == "1g" and made.network_policy is None  # as if never asked
+    assert made.expires_after is not None and made.expires_after.minutes == 7  # the rest is kept
+    assert client.containers.retrieve(made.id).memory_limit == "1g"
+    # A body that is not a JSON object reaches the route as sent, and is answered as usual.
+    assert httpx.post(f"{local_api.base_url}/containers", content=b"not json",
+                      headers={"content-type": "application/json"}).status_code == 400
+    local_api.set_faults(None)
+    kept = client.containers.create(name="wide", memory_limit="4g")
+    assert kept.memory_limit == "4g"
+
+
 def test_bad_fault_config_is_400(local_api: LocalAPI) -> None:
     r = httpx.put(f"{local_api.root_url}/_dev/faults", json={"error_rate": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "error_rate"

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import pytest
 from celery import Celery
 
 from hearth.clock import OffsetClock
-from hearth.localapi.faults import Decision
 from hearth.planner import Planner, tick
 from hearth.pool.model import State
 from hearth.pool.reconcile import Forget, Provision
@@ -31,7 +29,7 @@ from tests.e2e.helpers import clean_env, hearth
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
-from tests.helpers import advance_both, celery_enqueue, inline_enqueue, remote_names, sdk, until
+from tests.helpers import advance_both, celery_enqueue, count_requests, inline_enqueue, remote_names, sdk, until
 
 BREAKER_POOLS = """
 version: 1
@@ -55,21 +53,6 @@ pools:
       - path: inputs/table.csv
         as: table.csv
 """
-
-
-def count_requests(local_api: LocalAPI, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Requests per endpoint name, counted by the server's fault injector (which sees every one
-    while faults are on)."""
-    seen: Counter[str] = Counter()
-    injector = local_api.server.injector
-    decide = injector.decide
-
-    def counting(name: str) -> Decision:
-        seen[name] += 1
-        return decide(name)
-
-    monkeypatch.setattr(injector, "decide", counting)
-    return seen
 
 
 def test_repeated_create_failures_open_the_breaker_then_a_probe_closes_it_and_the_pool_fills(

@@ -211,6 +211,45 @@ def test_breaker_counts_only_failures_within_the_window(store: PoolStore, clock:
     assert store.breaker_state("unrelated").state is BreakerState.CLOSED
 
 
+def test_a_permanent_breaker_stays_open_keeps_its_reason_and_lifts_only_for_its_own_opening(
+    store: PoolStore, clock: ManualClock, redis_client: redis.Redis
+) -> None:
+    status = store.open_breaker(POOL, "environment variable TOKEN is not set; Bearer sk-abcdefghijklmnopqrstuv",
+                                permanent=True, spec_hash="h1", env=["TOKEN"])
+    assert status.is_open and status.permanent and status.failures == 1
+    assert status.spec_hash == "h1" and status.env == ("TOKEN",) and status.env_retry
+    assert status.reason is not None and "sk-abcdefghijklmnopqrstuv" not in status.reason  # redacted
+    assert "until the pools file or the environment changes" in status.describe()
+    stored = b" ".join(v for v in redis_client.hvals(store.pool_key(POOL, "breaker")))
+    assert b"sk-abcdefghijklmnopqrstuv" not in stored
+    clock.advance(10_000)  # no cool-down ends it
+    assert store.breaker_state(POOL).state is BreakerState.OPEN
+    assert not store.breaker_allows(POOL)
+    # A late temporary failure counts, but does not replace the reason or make it half-open later.
+    later = store.record_create_failure(POOL, "500 server error")
+    assert later.permanent and later.reason == status.reason and later.failures == 2
+    assert status.opened_at is not None
+    assert not store.lift_breaker(POOL, status.opened_at - 1)  # not that opening: left alone
+    assert store.lift_breaker(POOL, status.opened_at, env_change=True)
+    assert store.breaker_state(POOL).state is BreakerState.CLOSED and store.breaker_allows(POOL)
+    # The same spec failing for the same variables after an environment lift: no second env lift.
+    again = store.open_breaker(POOL, "TOKEN is not set", permanent=True, spec_hash="h1", env=["TOKEN"])
+    assert again.permanent and not again.env_retry
+    assert again.opened_at is not None and store.lift_breaker(POOL, again.opened_at)  # a spec change lifts it
+    other = store.open_breaker(POOL, "TOKEN is not set", permanent=True, spec_hash="h2", env=["TOKEN"])
+    assert other.env_retry  # another spec: the environment may lift it again
+    assert store.record_create_success(POOL).state is BreakerState.CLOSED
+
+
+def test_an_opened_breaker_with_a_cool_down_pauses_then_probes(store: PoolStore, clock: ManualClock) -> None:
+    status = store.open_breaker(POOL, "backend dropped memory_limit", permanent=False)
+    assert status.is_open and not status.permanent and status.failures == 1  # at once, no threshold
+    assert not store.breaker_allows(POOL)
+    clock.advance(121)
+    assert store.breaker_state(POOL).state is BreakerState.HALF_OPEN
+    assert store.breaker_allows(POOL) and not store.breaker_allows(POOL)  # one probe
+
+
 def test_health_beat_expires(store: PoolStore, redis_client: redis.Redis) -> None:
     store.beat("heartbeat", 30, leader="a", pools=2)
     seen = store.health("heartbeat")

@@ -8,12 +8,20 @@ and tasks reach it through ``current_runtime()``.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue
 
 from settings import Settings
+
+# kombu's Redis transport with the restore of held messages made safe on a lost connection (see
+# tasks/broker.py). A module constant so a test can run a worker on kombu's own ("redis") and watch
+# it die on a Redis restart: the proof the workaround still matters.
+BROKER_TRANSPORT = "tasks.broker:Transport"
+BROKER_SCHEMES = ("redis", "rediss")
 
 DEFAULT_QUEUE = "hearth"
 KEEPALIVE_QUEUE = "hearth.keepalive"
@@ -57,11 +65,71 @@ def redelivery_options(visibility_timeout: int) -> dict[str, Any]:
     }
 
 
+def broker_key_prefix(settings: Settings) -> str:
+    """Where every broker key lives: queues, the unacked hash and index, bindings, results, fanout.
+
+    Under ``HEARTH_KEY_PREFIX`` like every other Hearth key, so two deployments on one Redis database
+    never take each other's tasks; ``:celery:`` keeps them apart from Hearth's own keys.
+    """
+    return f"{settings.key_prefix}:celery:"
+
+
+def resilience_options() -> dict[str, Any]:
+    """Broker and result-backend settings that ride out a Redis restart, failover or long outage.
+
+    A worker reconnects forever (Celery's default gives up after 100 tries); a result that cannot be
+    stored while Redis is away is retried until it can (by default it would be dropped and the task
+    marked failed); sockets are kept alive and health-checked, so a failover that leaves a silent
+    peer (no RST) is noticed. The kombu crash on a lost connection is mended by the transport.
+    """
+    return {
+        "broker_connection_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_connection_timeout": 5,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": float("inf"),
+        "result_backend_max_sleep_between_retries_ms": 5000,
+        "redis_backend_health_check_interval": 25,
+        "redis_socket_keepalive": True,
+        "redis_socket_connect_timeout": 5,
+        # Tasks are idempotent: one that runs on through a lost connection may finish (its ack is
+        # lost with the channel, so it comes back and finds the work done). Terminating it gains nothing.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        **redelivery_options(settings.task_visibility_timeout),
+        "global_keyprefix": broker_key_prefix(settings),
+        "socket_keepalive": True,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    }
+
+
+def transport_config(url: str) -> dict[str, Any]:
+    """Hearth's transport for Redis URLs; any other broker keeps kombu's choice."""
+    parts = urlsplit(url)
+    if parts.scheme not in BROKER_SCHEMES:
+        return {}
+    config: dict[str, Any] = {"broker_transport": BROKER_TRANSPORT}
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in parts.query:
+        # kombu turns TLS on by the scheme name alone, which a transport given by path is not; verify
+        # the server as redis-py does for the state store on the same URL.
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return config
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     return {
         "broker_url": url,
+        **transport_config(url),
         "result_backend": url,
+        "result_backend_transport_options": {"global_keyprefix": broker_key_prefix(settings)},
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -73,8 +141,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
-        "broker_connection_retry_on_startup": True,
-        "broker_transport_options": redelivery_options(settings.task_visibility_timeout),
+        **resilience_options(),
+        "broker_transport_options": transport_options(settings),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

@@ -2,7 +2,8 @@
 
 Every Containers API call and file transfer runs here. Scale out by running more of these, on any
 machine, against the same Redis. SIGTERM is a warm shutdown: running tasks finish; tasks that
-cannot finish in time are redelivered (acks_late), since every Hearth task is idempotent.
+cannot finish in time are redelivered (acks_late), since every Hearth task is idempotent. A worker
+that Celery stops on an error exits with Celery's non-zero status, so a supervisor restarts it.
 
 Observability is set up here, before Celery starts: logging (Celery keeps our redacting handler),
 Sentry, and the metrics server on ``HEARTH_METRICS_PORT``. Its observer is handed to
@@ -71,10 +72,15 @@ def worker(
         "--without-gossip", "--without-mingle",
     ]
     try:
-        app.worker_main(argv)
+        # Not ``worker_main``: it drops the exit status, and a worker Celery stopped on an
+        # unrecoverable error would exit 0, so a supervisor that restarts on failure would not.
+        code = app.start(argv)
     finally:
         set_observer(None)
         obs.close()
+    if code:
+        log.error("worker: Celery stopped with exit status %s", code)
+        raise typer.Exit(int(code))
 
 
 def register(app: typer.Typer) -> None:

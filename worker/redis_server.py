@@ -41,6 +41,7 @@ def find_redis_server() -> str:
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+AOF_FILENAME = "appendonly.aof"
 
 
 def _prctl() -> Callable[..., int] | None:
@@ -112,6 +113,22 @@ class RedisServer:
         self.parent_death_signal = parent_death_signal
         self.process: subprocess.Popen[bytes] | None = None
 
+    def persistence_args(self) -> list[str]:
+        """AOF, fsynced every second: a kill -9 (or a power cut) loses at most about a second of
+        writes, where snapshots alone would lose everything since the last one (leases taken,
+        records moved on, unacknowledged tasks). Redis loads the AOF on start, from the same dir.
+        A non-persistent server (the test suite's shared one) writes nothing to disk.
+        """
+        if not self.persist:
+            return ["--save", "", "--appendonly", "no"]
+        return [
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--appendfilename", AOF_FILENAME,
+            # Snapshots too (rare), as a second copy that starts faster than a long AOF replay.
+            "--save", "900 1",
+        ]
+
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
@@ -123,8 +140,7 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.data_dir),
-            "--save", "60 1" if self.persist else "",
-            "--appendonly", "no",
+            *self.persistence_args(),
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
@@ -162,6 +178,13 @@ class RedisServer:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown (nothing flushed beyond what AOF already has)."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
 

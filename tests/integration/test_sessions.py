@@ -27,6 +27,7 @@ from hearth.pool.model import State
 from hearth.runtime import Runtime
 from hearth.sessions import Sessions, restore_name, session_hash
 from settings import Settings
+from tasks.app import broker_key_prefix
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
@@ -117,7 +118,8 @@ def test_same_key_same_container_and_the_key_never_reaches_redis(
     # The broker holds a task's message (its args) until the worker acknowledges it, after the
     # result is stored: wait for that, to show nothing keeps the key once the task is done.
     deadline = time.monotonic() + 30
-    while filled.redis.hlen("unacked") and time.monotonic() < deadline:
+    unacked = broker_key_prefix(filled.settings) + "unacked"
+    while filled.redis.hlen(unacked) and time.monotonic() < deadline:
         time.sleep(0.1)
     dump: list[Any] = []
     for k in filled.redis.scan_iter("*"):

@@ -26,7 +26,7 @@ from hearth.runtime import Runtime
 from hearth.sessions import LIVE_SAVE_TASK, LiveSaves, SessionRecord, Sessions, restore_name, session_hash
 from hearth.sessions.live import SAVE_SHARE
 from settings import Settings
-from tasks.app import KEEPALIVE_QUEUE, SAVES_QUEUE
+from tasks.app import KEEPALIVE_QUEUE, SAVES_QUEUE, broker_key_prefix
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
@@ -201,11 +201,13 @@ def test_a_refresh_never_waits_behind_queued_live_saves(
     for i in range(300):  # a backlog of live saves (of sessions that no longer exist: each a no-op)
         celery_app.send_task(LIVE_SAVE_TASK, args=[f"{i:032x}", 0.0])
     refresh = celery_app.send_task("hearth.refresh", args=["hearth-alpha-none"])
-    assert runtime.redis.llen(SAVES_QUEUE) == 300 and runtime.redis.llen(KEEPALIVE_QUEUE) == 1
+    broker = broker_key_prefix(runtime.settings)  # the broker's queues live under the key prefix
+    saves, keepalive = broker + SAVES_QUEUE, broker + KEEPALIVE_QUEUE
+    assert runtime.redis.llen(saves) == 300 and runtime.redis.llen(keepalive) == 1
     start_worker(pools_env.env, concurrency=1)
     assert refresh.get(timeout=60)["detail"] == "nothing to do"
     # The worker takes from each queue in turn: the refresh ran long before the backlog was done.
-    assert runtime.redis.llen(SAVES_QUEUE) > 100
+    assert runtime.redis.llen(saves) > 100
 
 
 def test_under_a_request_limit_the_period_stretches_with_one_warning_and_a_tick_claims_its_share(

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from settings.discovery import discover_api_base, discover_pools, discover_redis_url
 from settings.faults import FaultConfig
 from settings.prices import PriceTable
 
@@ -214,9 +215,7 @@ class Settings(BaseSettings):
         if self.backend is Backend.openai:
             return "https://api.openai.com/v1"
         if self.backend is Backend.local:
-            from settings.discovery import discover_api_base
-
-            return discover_api_base(self) or f"http://{self.local_host}:{self.local_port}/v1"
+            return discover_api_base(self.data_dir) or f"http://{self.local_host}:{self.local_port}/v1"
         raise ValueError(f"HEARTH_API_BASE is required for backend {self.backend.value!r}")
 
     @property
@@ -224,9 +223,7 @@ class Settings(BaseSettings):
         """HEARTH_REDIS_URL, else the embedded Redis of a running `hearth up` in this data dir."""
         if self.redis_url:
             return self.redis_url
-        from settings.discovery import discover_redis_url
-
-        return discover_redis_url(self)
+        return discover_redis_url(self.data_dir)
 
     @property
     def resolved_pools(self) -> Path:
@@ -234,9 +231,7 @@ class Settings(BaseSettings):
         data dir, else the default."""
         if "pools" in self.model_fields_set:
             return self.pools
-        from settings.discovery import discover_pools
-
-        return discover_pools(self) or self.pools
+        return discover_pools(self.data_dir) or self.pools
 
     @property
     def resolved_storage_url(self) -> str:

@@ -15,13 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
-
-if TYPE_CHECKING:
-    from settings.config import Settings
 
 UP_FILE = "up.json"
 
@@ -108,18 +104,22 @@ def clear_up(data_dir: Path, pid: int) -> None:
         (data_dir / UP_FILE).unlink(missing_ok=True)
 
 
-def discover_redis_url(settings: Settings) -> str | None:
-    info = read_up(settings.data_dir)
+# These take the data dir, not the Settings: the settings ask them (``Settings.resolved_*``), so a
+# Settings parameter here would tie the two modules into an import cycle.
+
+
+def discover_redis_url(data_dir: Path) -> str | None:
+    info = read_up(data_dir)
     return info.redis_url if info else None
 
 
-def discover_api_base(settings: Settings) -> str | None:
-    info = read_up(settings.data_dir)
+def discover_api_base(data_dir: Path) -> str | None:
+    info = read_up(data_dir)
     return info.api_base if info else None
 
 
-def discover_pools(settings: Settings) -> Path | None:
-    info = read_up(settings.data_dir)
+def discover_pools(data_dir: Path) -> Path | None:
+    info = read_up(data_dir)
     return Path(info.pools) if info and info.pools else None
 
 

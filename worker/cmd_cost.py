@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from worker.cmd_pools import _print_json, _runtime, out
+from worker.cli_support import _print_json, _runtime, out
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

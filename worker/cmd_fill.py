@@ -41,7 +41,7 @@ from rich.progress import (
 from hearth.errors import ConfigError
 from hearth.files.harvest import HarvestProgress, ProgressCallback
 from hearth.runtime import Runtime
-from worker.cmd_pools import EXIT_FAILED, _runtime, err, out
+from worker.cli_support import EXIT_FAILED, _runtime, err, out
 
 REFRESH_SECONDS = 0.5  # ~2 screen updates a second
 NUDGE_SECONDS = 5.0  # ask again: a failed provision is retried only by a later reconcile

@@ -6,52 +6,15 @@ scripts: 0 done, 1 failed (the reason on stderr), 2 bad usage or configuration, 
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hearth.errors import ConfigError, HearthError, PoolEmpty
-from hearth.runtime import Runtime
 from settings import Settings
-
-EXIT_FAILED, EXIT_CONFIG, EXIT_EMPTY = 1, 2, 3
-
-out = Console()
-err = Console(stderr=True)
-
-
-@contextmanager
-def _runtime() -> Iterator[Runtime]:
-    try:
-        rt = Runtime.from_settings(Settings())
-    except ConfigError as exc:
-        err.print(f"[red]configuration:[/] {exc}")
-        raise typer.Exit(EXIT_CONFIG) from None
-    try:
-        yield rt
-    except PoolEmpty as exc:
-        err.print(f"[yellow]pool empty:[/] {exc}")
-        raise typer.Exit(EXIT_EMPTY) from None
-    except ConfigError as exc:
-        err.print(f"[red]configuration:[/] {exc}")
-        raise typer.Exit(EXIT_CONFIG) from None
-    except HearthError as exc:
-        err.print(f"[red]failed:[/] {exc}")
-        raise typer.Exit(EXIT_FAILED) from None
-    finally:
-        rt.close()
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+from worker.cli_support import EXIT_FAILED, _print_json, _runtime, out
 
 
 def public_url(url: str | None) -> str | None:

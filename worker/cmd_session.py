@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from worker.cmd_pools import _print_json, _runtime, out
+from worker.cli_support import _print_json, _runtime, out
 
 if TYPE_CHECKING:
     from hearth.runtime import Runtime

@@ -17,9 +17,16 @@ SIGTERM when the supervisor dies (``prctl(PR_SET_PDEATHSIG)``) and everywhere po
 stopping itself with SIGTERM and, if it has not exited after the stop timeout, SIGKILL of its whole
 group. The embedded redis-server gets the same parent-death signal.
 
-A child that dies on its own is not restarted: the supervisor says which one, with the tail of its
-log, stops everything and exits 1. A crash-looping worker hidden behind restarts is worse for a
-first run than a clear stop; production runs the Procfile under a real process manager instead.
+A child that dies on its own is restarted, as a process manager would: losing the worker to one
+crash (a kill, an out-of-memory, a Redis that went away) must not stop every pool. The supervisor
+says which one died, with the tail of its log, and starts it again after a backoff that doubles per
+crash in a row (``RESTART_MIN`` .. ``RESTART_MAX`` s) and starts over once a child has run for
+``HEALTHY_AFTER`` s; the restarts are counted in the live view and the plain status lines, so a
+crash loop is visible, not hidden. Ctrl-C and SIGTERM still stop everything.
+
+The events feed is driven by the record transitions themselves (``hearth.pool.feed``: every state
+change is appended to a capped Redis stream by the script that makes it), not by diffing two
+samples, so a lease taken and released between two refreshes still shows ``READY -> LEASED``.
 """
 
 from __future__ import annotations
@@ -38,15 +45,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import redis
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hearth.clock import SystemClock
 from hearth.errors import HearthError
 from hearth.localapi import DataDirInUse, LocalAPIServer
 from hearth.planner import Planner
+from hearth.pool.feed import StateFeed
 from hearth.pool.model import State
+from hearth.pool.store import PoolStore
 from hearth.runtime import Runtime
 from settings import PoolsFileError, Settings, load_pools
 from settings.config import Backend
@@ -58,6 +69,8 @@ GUARD = "guard"  # ``python -m worker.up guard <parent pid> <stop timeout> <hear
 GUARD_POLL = 0.5  # seconds between a guarded child's looks at its parent
 PLAIN_EVERY = 5.0  # seconds between status lines when stdout is not a terminal
 EVENTS_KEPT = 12
+RESTART_MIN, RESTART_MAX = 1.0, 30.0  # seconds before a crashed child starts again: doubles per crash in a row
+HEALTHY_AFTER = 60.0  # a child that ran this long before it died starts over at RESTART_MIN
 
 
 class UpError(HearthError):
@@ -72,15 +85,30 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0  # how often it was started again after it died
+    started_at: float = 0.0  # time.monotonic() of the last start
+    restart_at: float | None = None  # set while a dead child waits out its backoff
+    backoff: float = RESTART_MIN  # the wait before the next restart
     _log: Any = None
 
     def start(self, env: dict[str, str]) -> None:
+        self.close()
+        self.env = env
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.started_at = time.monotonic()
+
+    def describe(self, now: float) -> str:
+        if self.restart_at is not None:
+            state = f"restarting in {max(0.0, self.restart_at - now):.0f} s"
+        else:
+            state = f"pid {self.pid}"
+        return f"{self.name} {state} restarts {self.restarts}"
 
     @property
     def pid(self) -> int | None:
@@ -122,13 +150,12 @@ class PoolRow:
 @dataclass
 class Snapshot:
     rows: list[PoolRow] = field(default_factory=list)
-    states: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pool, state)
     heartbeat: bool = False
     error: str | None = None
 
 
 def snapshot(rt: Runtime) -> Snapshot:
-    """Per-pool counts from the planner plus every record's state (for the events feed)."""
+    """Per-pool counts from the planner (the events come from ``StateFeed``, not from here)."""
     now = rt.clock.now()
     specs = rt.pools().pools
     snap = Snapshot(heartbeat=rt.store.health("heartbeat") is not None)
@@ -140,8 +167,6 @@ def snapshot(rt: Runtime) -> Snapshot:
             1 for r in records
             if r.state in (State.READY, State.LEASED) and r.deadline is not None and r.deadline - now <= margin
         )
-        for r in records:
-            snap.states[r.name] = (r.pool, r.state.value)
         snap.rows.append(PoolRow(
             pool=plan.pool, desired=plan.desired_ready, ready=plan.counts.get("ready", 0),
             leased=plan.counts.get("leased", 0),
@@ -149,19 +174,6 @@ def snapshot(rt: Runtime) -> Snapshot:
             expiring=expiring, breaker=plan.breaker, next_change=plan.next_schedule_change,
         ))
     return snap
-
-
-def state_changes(before: dict[str, tuple[str, str]], after: dict[str, tuple[str, str]]) -> list[str]:
-    """Readable transitions between two snapshots: new records, moved states, forgotten records."""
-    out: list[str] = []
-    for name, (pool, state) in after.items():
-        old = before.get(name)
-        if old is None:
-            out.append(f"{pool}: {name} {state}")
-        elif old[1] != state:
-            out.append(f"{pool}: {name} {old[1]} -> {state}")
-    out.extend(f"{pool}: {name} gone" for name, (pool, _) in before.items() if name not in after)
-    return out
 
 
 class Supervisor:
@@ -188,6 +200,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = threading.Event()
         self.events: deque[str] = deque(maxlen=EVENTS_KEPT)
+        self.feed: StateFeed | None = None
+        self.feed_from: str | None = None  # the transition stream's end before any child started
         self._wrote_up = False
 
     # --- start ---------------------------------------------------------------------------------
@@ -206,6 +220,7 @@ class Supervisor:
         except PoolsFileError as exc:
             raise UpError(str(exc)) from None
         self._start_redis()
+        self.feed_from = self._feed_start()
         self._start_api()
         UpInfo(pid=os.getpid(), redis_url=self.redis_url, api_base=self.api_base,
                pools=str(self.pools_path)).write(self.data_dir)
@@ -234,6 +249,17 @@ class Supervisor:
         self.redis_url = self.redis.url
         self._say(f"Redis: embedded at {self.redis_url} (pid {self.redis.process.pid if self.redis.process else '?'}, "
                   f"data in {self.redis.data_dir})")
+
+    def _feed_start(self) -> str | None:
+        """Where the events feed starts: after what a configured Redis already holds, before what the
+        children are about to do. None when Redis does not answer yet (the view starts at its first look)."""
+        client = redis.Redis.from_url(str(self.redis_url), socket_connect_timeout=2, socket_timeout=2)
+        try:
+            return StateFeed(PoolStore(client, SystemClock(), prefix=self.settings.key_prefix)).last_id
+        except HearthError:
+            return None
+        finally:
+            client.close()
 
     def _start_api(self) -> None:
         s = self.settings
@@ -288,19 +314,65 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _stop)
 
-    def dead_child(self) -> Child | None:
-        return next((c for c in self.children if c.exit_code() is not None), None)
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Notice children that died and start them again once their backoff is over.
 
-    def observe(self, rt: Runtime, before: Snapshot) -> tuple[Snapshot, list[str]]:
-        """A fresh snapshot and the events seen since ``before`` (also kept in ``self.events``)."""
+        Returns what happened (also kept in ``self.events``)."""
+        now = time.monotonic() if now is None else now
+        said: list[str] = []
+        for child in self.children:
+            if child.restart_at is None:
+                code = child.exit_code()
+                if code is None:
+                    continue
+                child.signal_group(signal.SIGKILL)  # whatever it left in its group (prefork children)
+                child.close()
+                ran = now - child.started_at
+                if ran >= HEALTHY_AFTER:
+                    child.backoff = RESTART_MIN
+                delay, child.backoff = child.backoff, min(child.backoff * 2, RESTART_MAX)
+                child.restart_at = now + delay
+                said.append(f"{child.name} (pid {child.pid}) exited with code {code} after {ran:.0f} s; "
+                            f"restart {child.restarts + 1} in {delay:.0f} s")
+                self._say(f"[red]{said[-1]}.[/] Last lines of {child.log_path}:")
+                self.console.print(Text(child.tail()))
+            elif now >= child.restart_at and not self.stopping.is_set():
+                child.restart_at = None
+                child.restarts += 1
+                child.start(child.env)
+                said.append(f"{child.name} restarted: pid {child.pid}, restart {child.restarts}")
+        stamp = datetime.now().strftime("%H:%M:%S")
+        new = [f"{stamp} {line}" for line in said]
+        self.events.extend(new)
+        return new
+
+    def children_line(self, now: float | None = None) -> str:
+        """``worker pid 12 restarts 0, heartbeat restarting in 3 s restarts 2``: for both views."""
+        now = time.monotonic() if now is None else now
+        return ", ".join(c.describe(now) for c in self.children)
+
+    def observe(self, rt: Runtime) -> tuple[Snapshot, list[str]]:
+        """A fresh snapshot and every record transition since the last look (also kept in ``self.events``)."""
         try:
+            if self.feed is None:
+                self.feed = StateFeed(rt.store, last_id=self.feed_from)
+            events = self.feed.read()
             snap = snapshot(rt)
         except HearthError as exc:
-            return Snapshot(states=before.states, error=str(exc)), []
-        stamp = datetime.now().strftime("%H:%M:%S")  # wall time for people reading the feed
-        new = [f"{stamp} {change}" for change in state_changes(before.states, snap.states)]
+            return Snapshot(error=str(exc)), []
+        # Redis's time of each change, as wall time for people reading the feed.
+        new = [f"{datetime.fromtimestamp(e.at).strftime('%H:%M:%S')} {e.describe()}" for e in events]
+        if self.feed.missed:
+            new.append("(older events were trimmed from the stream before they were shown)")
+            self.feed.missed = False
         self.events.extend(new)
         return snap, new
+
+    def step(self, rt: Runtime) -> tuple[Snapshot, list[str]]:
+        """One refresh: restart what died, then look."""
+        restarted = self.supervise()
+        snap, seen = self.observe(rt)
+        return snap, restarted + seen
 
     def render(self, snap: Snapshot) -> Group:
         table = Table("pool", "desired", "ready", "leased", "provisioning", "expiring", "breaker", "next change",
@@ -310,6 +382,8 @@ class Supervisor:
             table.add_row(r.pool, str(r.desired), str(r.ready), str(r.leased), str(r.provisioning),
                           str(r.expiring), r.breaker, r.next_change or "-")
         parts: list[Any] = [table]
+        if self.children:
+            parts.append(Text(f"processes: {self.children_line()}"))
         if snap.error:
             parts.append(Text(f"status unavailable: {snap.error}", style="red"))
         parts.append(Text("recent events:" if self.events else "recent events: none yet", style="bold"))
@@ -317,17 +391,18 @@ class Supervisor:
         return Group(*parts)
 
     @staticmethod
-    def plain_line(snap: Snapshot) -> str:
+    def plain_line(snap: Snapshot, processes: str = "") -> str:
+        tail = f"; processes: {processes}" if processes else ""
         if snap.error:
-            return f"status unavailable: {snap.error}"
+            return f"status unavailable: {snap.error}{tail}"
         pools = "; ".join(
             f"{r.pool} desired {r.desired} ready {r.ready} leased {r.leased} provisioning {r.provisioning} "
             f"expiring {r.expiring} breaker {r.breaker}" for r in snap.rows
         )
-        return f"status: {pools or 'no pools'}; heartbeat {'alive' if snap.heartbeat else 'starting'}"
+        return f"status: {pools or 'no pools'}; heartbeat {'alive' if snap.heartbeat else 'starting'}{tail}"
 
     def watch(self) -> int:
-        """Refresh the status until asked to stop (0) or a child dies (1)."""
+        """Refresh the status, restarting children that die, until asked to stop (0)."""
         settings = self.settings.model_copy(
             update={"redis_url": self.redis_url, "api_base": self.api_base, "pools": self.pools_path,
                     "data_dir": self.data_dir}
@@ -338,32 +413,22 @@ class Supervisor:
             if self.console.is_terminal:
                 with Live(self.render(snap), console=self.console, auto_refresh=False) as live:
                     while not self.stopping.is_set():
-                        if self.dead_child():
-                            break
-                        snap, _ = self.observe(rt, snap)
+                        snap, _ = self.step(rt)
                         live.update(self.render(snap), refresh=True)
                         self.stopping.wait(self.refresh)
             else:
                 waited = PLAIN_EVERY
                 while not self.stopping.is_set():
-                    if self.dead_child():
-                        break
-                    snap, new = self.observe(rt, snap)
+                    snap, new = self.step(rt)
                     for line in new:
                         self._say(f"event {line}")
                     if waited >= PLAIN_EVERY:
-                        self._say(self.plain_line(snap))
+                        self._say(self.plain_line(snap, self.children_line()))
                         waited = 0.0
                     self.stopping.wait(self.refresh)
                     waited += self.refresh
         finally:
             rt.close()
-        dead = self.dead_child()
-        if dead is not None and not self.stopping.is_set():
-            self._say(f"[red]{dead.name} (pid {dead.pid}) exited unexpectedly with code {dead.exit_code()}; "
-                      f"stopping everything.[/] Last lines of {dead.log_path}:")
-            self.console.print(Text(dead.tail()))
-            return EXIT_FAILED
         return EXIT_OK
 
     # --- stop ----------------------------------------------------------------------------------
@@ -457,7 +522,7 @@ def guarded_main(argv: list[str]) -> int | None:
 
 __all__ = [
     "Child", "PoolRow", "Snapshot", "Supervisor", "UpError", "guard_parent", "guarded_argv", "guarded_main",
-    "snapshot", "state_changes",
+    "snapshot",
 ]
 
 if __name__ == "__main__":

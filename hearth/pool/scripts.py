@@ -17,6 +17,9 @@ Every script shares one prelude that keeps the secondary indexes in step with th
 ``{P}:lease_ids``               hash   lease_id -> name, only while LEASED
 ``{P}:leases``                  zset   LEASED names scored by lease expiry (finds lapsed leases)
 ``{P}:fence``                   string fencing-token counter (INCR, global so tokens never repeat)
+``{P}:events``                  stream one entry per state change (pool, name, from, to), capped at
+                                       about ``EVENTS_MAXLEN``; written by the script that makes the
+                                       change, so no reader misses one (``hearth.pool.feed``)
 
 Keys are built inside the scripts from the prefix, which is fine on a single Redis (or a managed
 primary); Redis Cluster would need hash tags and declared keys.
@@ -24,7 +27,15 @@ primary); Redis Cluster would need hash tags and declared keys.
 
 from __future__ import annotations
 
-PRELUDE = r"""
+# Entries the transition stream keeps (``MAXLEN ~``: trimmed in whole nodes, so a few more): about a
+# megabyte, and minutes of history for a reader that polls every second even under heavy churn.
+EVENTS_MAXLEN = 10_000
+FORGOTTEN = "forgotten"  # the ``to`` of a record that was deleted (FORGET), not a State
+
+PRELUDE = f"""
+local EVENTS_MAXLEN = {EVENTS_MAXLEN}
+local FORGOTTEN = '{FORGOTTEN}'
+""" + r"""
 local P = ARGV[1]
 local function pk(pool, suffix) return P .. ':pool:' .. pool .. ':' .. suffix end
 local function num(v) if type(v) == 'number' then return v end return nil end
@@ -37,7 +48,12 @@ local function unindex(rec)
   if lid then redis.call('HDEL', P .. ':lease_ids', lid) end
   redis.call('ZREM', P .. ':leases', rec.name)
 end
+local function emit(pool, name, from_state, to_state)
+  redis.call('XADD', P .. ':events', 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+             'pool', pool, 'name', name, 'from', from_state or '', 'to', to_state)
+end
 local function index(rec, old_state)
+  if rec.state ~= old_state then emit(rec.pool, rec.name, old_state, rec.state) end
   redis.call('ZADD', pk(rec.pool, 'state:' .. rec.state), num(rec.deadline) or 0, rec.name)
   local cid = str(rec.container_id)
   if cid then redis.call('HSET', P .. ':cids', cid, rec.name) end
@@ -167,6 +183,7 @@ if not member(states, rec.state) then return {'conflict', rec.state} end
 unindex(rec)
 redis.call('HDEL', pk(rec.pool, 'records'), name)
 redis.call('HDEL', P .. ':names', name)
+emit(rec.pool, name, rec.state, FORGOTTEN)
 return {'ok'}
 """
 )

@@ -154,9 +154,16 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
     assert len(found) == 1 and lease["container_id"] in str(found[0])
     assert found[0].read_bytes() == report
 
-    # The plain (not a terminal) status: a line per refresh period and the records' transitions.
+    # The plain (not a terminal) status: a line per refresh period and every transition of the leased
+    # record, however fast it went (the feed is the records' own transition stream, not a sampling).
     until(lambda: "alpha desired 2 ready 2 leased 0" in up.output(), timeout=20, what="a status line", pause=0.5)
-    assert f"{lease['name']} READY -> LEASED" in up.output() or f"{lease['name']} LEASED" in up.output()
+    until(lambda: f"{lease['name']} gone" in up.output(), timeout=20, what="the leased record forgotten",
+          pause=0.5)
+    out = up.output()
+    moves = ["CREATING -> SEEDING", "SEEDING -> READY", "READY -> LEASED", "LEASED -> HARVESTING"]
+    at = [out.index(f"alpha: {lease['name']} {m}") for m in moves]
+    assert at == sorted(at), out[-4000:]
+    assert "processes: worker pid" in out and "restarts 0" in out
 
     # Ctrl-C: every child (worker, heartbeat, redis-server) exits, both ports close, up.json goes.
     children = descendants(up.proc.pid)
@@ -170,14 +177,35 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
     assert not (up.cwd / ".hearth" / "up.json").exists()
 
 
-def test_a_child_that_dies_stops_everything_with_an_error(up: Up) -> None:
-    until(up.status, timeout=60, what="hearth up serving", pause=0.5)
-    children = descendants(up.proc.pid)
-    heartbeat = next(p for p in children if "heartbeat" in p.cmdline())
-    os.killpg(heartbeat.pid, signal.SIGKILL)
+def test_a_killed_worker_is_restarted_counted_and_works_again(up: Up) -> None:
+    def filled() -> dict[str, Any] | None:
+        data = up.status()
+        return data if data and data["pools"]["alpha"]["ready"] == 2 else None
 
-    assert up.proc.wait(60) == 1
-    assert "heartbeat" in up.output() and "exited unexpectedly" in up.output()
+    until(filled, timeout=60, what="pool alpha ready 2", pause=0.5)
+    worker = next(p for p in descendants(up.proc.pid) if " worker " in f" {' '.join(p.cmdline())} ")
+    os.killpg(worker.pid, signal.SIGKILL)  # a crash: the worker and anything in its group
+
+    # hearth up lives on, says so, and starts a new worker after the first backoff.
+    until(lambda: "worker restarted: pid" in up.output() and up.alive_or_fail() is None, timeout=30,
+          what="the worker restarted", pause=0.5)
+    out = up.output()
+    assert f"worker (pid {worker.pid}) exited with code -9" in out and "restart 1 in 1 s" in out
+    until(lambda: "restarts 1" in up.output().rsplit("worker restarted", 1)[1], timeout=20,
+          what="a status line counting the restart", pause=0.5)
+    new = [p for p in descendants(up.proc.pid) if " worker " in f" {' '.join(p.cmdline())} "]
+    assert new and worker.pid not in {p.pid for p in new}
+
+    # The new worker does the work: a lease and release retire the container and the pool refills.
+    lease = hearth_json(["lease", "alpha"], up.env, up.cwd)
+    done = hearth(["release", lease["container_id"], "--lease", lease["lease_id"]], up.env, up.cwd)
+    assert done.returncode == 0, done.stderr
+    until(lambda: f"{lease['name']} gone" in up.output() and filled(), timeout=60,
+          what="the released container retired and the pool full again", pause=0.5)
+
+    children = descendants(up.proc.pid)
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0, up.output()[-4000:]
     assert still_alive(children) == []
     assert not (up.cwd / ".hearth" / "up.json").exists()
 

@@ -7,8 +7,8 @@
   estimates (fast and slow), so the estimate follows within a tick and costs nothing per lease;
 * the **time to ready**: every provision that reaches READY pushes its create-to-READY seconds
   onto a short list (the last ``READY_SAMPLES``);
-* the **waiting leases**: a lease that finds the pool empty registers until it gives up, so that
-  a budget never starves a caller who is already waiting.
+* the **waiting leases**: a lease that finds the pool empty registers (``key(pool, "waiting")``,
+  written by the lease core) until it gives up, so a budget never starves a caller already waiting.
 
 Only the heartbeat's tick writes the estimates (``commit=True``); ``hearth plan`` and ``status``
 read them, decayed to now, without changing anything.
@@ -16,8 +16,6 @@ read them, decayed to now, without changing anything.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +39,6 @@ class DemandView:
     def to_json(self) -> dict[str, Any]:
         return {"leases_per_minute": round(self.rate * 60, 3), "ready_seconds": round(self.ready_seconds, 3),
                 "ready_samples": self.ready_samples, "waiting": self.waiting}
-
-
-@dataclass
-class Waiter:
-    store: DemandStore
-    pool: str
-    ident: str
-
-    def done(self) -> None:
-        # Best effort: a waiter left behind expires by its deadline anyway.
-        with contextlib.suppress(StateStoreError):
-            self.store._run(self.store.redis.zrem, self.store.key(self.pool, "waiting"), self.ident)
 
 
 class DemandStore:
@@ -80,22 +66,11 @@ class DemandStore:
 
     # --- observations (any process) ----------------------------------------------------------------
 
-    def count_lease(self, pool: str, pipe: Any | None = None) -> None:
-        """One lease of ``pool`` happened (pass a pipeline to share its round trip)."""
-        target = pipe if pipe is not None else self.redis
-        self._run(target.hincrby, self.key(pool), "leases", 1)
-
     def observe_ready(self, pool: str, seconds: float) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(self.key(pool, "ready"), repr(round(max(0.0, seconds), 3)))
         pipe.ltrim(self.key(pool, "ready"), 0, READY_SAMPLES - 1)
         self._run(pipe.execute)
-
-    def waiting(self, pool: str, until: float) -> Waiter:
-        """Register a lease caller waiting for ``pool`` until ``until``; ``done()`` when it stops."""
-        ident = secrets.token_hex(8)
-        self._run(self.redis.zadd, self.key(pool, "waiting"), {ident: until})
-        return Waiter(self, pool, ident)
 
     # --- the estimate (the heartbeat commits, everyone reads) ----------------------------------------
 

@@ -204,13 +204,6 @@ class CostLedger:
     def bucket_key(self, pool: str, at: float) -> str:
         return self._key(pool, _hour(at))
 
-    def count_lease(self, pool: str, tier: str, at: float) -> None:
-        key = self.bucket_key(pool, at)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(key, f"leases:{tier}", 1)
-        pipe.expire(key, self.retention)
-        self._run(pipe.execute)
-
     def read(self, pools: Iterable[str], since: float, now: float) -> list[PoolCost]:
         """Aggregates of every hour that overlaps ``[since, now]`` (whole hours), per pool and tier."""
         hours: list[str] = []

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import redis
 
+from hearth.costs import Costs
 from hearth.pool.metering import CostLedger, accrue, burn_rate, projected_usd
 from hearth.pool.model import ContainerRecord, State
+from settings.pools import PoolSpec
 from settings.prices import PriceTable, TierPrice
 
 T0 = 1_800_000_000.0  # an hour boundary (divisible by 3600)
@@ -92,8 +94,11 @@ def test_leases_and_dollars_per_lease(redis_client: redis.Redis) -> None:
     ledger = CostLedger(redis_client, PRICES, prefix="t")
     ledger.tick("p", "1g", [], T0)
     ledger.tick("p", "1g", [_rec("a", State.LEASED, bound=T0)], T0 + 600)
-    for _ in range(3):
-        ledger.count_lease("p", "1g", T0 + 10)
+    costs = Costs(redis_client, prices=PRICES, prefix="t")
+    spec = PoolSpec(name="p", container={"memory_limit": "1g"})
+    for _ in range(3):  # what the lease core runs per lease
+        for command, args in costs.lease_counters(spec, T0 + 10):
+            getattr(redis_client, command)(*args)
     (row,) = ledger.read(["p"], T0, T0 + 600)
     assert row.leases == 3
     assert row.usd_per_lease is not None and abs(row.usd_per_lease - 0.015 / 3) < 1e-9

@@ -89,7 +89,7 @@ _API_DEFAULT_EXPIRES_MINUTES = 20
 # The fix, when a route drops create fields: LiteLLM's /v1 routes drop them, its /openai
 # pass-through forwards every field (GATEWAYS.md §2.6).
 ROUTE_FIX = ("use a route that forwards every create field (for LiteLLM its /openai pass-through, "
-             "HEARTH_API_BASE=http://<proxy>/openai), or ask for less in the pool")
+             "HEARTH_GATEWAY_ROUTES=passthrough), or ask for less in the pool")
 
 
 def asked_create_fields(options: ContainerOptions, file_ids: list[str]) -> dict[str, str]:

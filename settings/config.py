@@ -26,6 +26,7 @@ class Backend(StrEnum):
     openai = "openai"
     azure = "azure"
     gateway = "gateway"
+    litellm = "litellm"
 
 
 class Settings(BaseSettings):
@@ -39,14 +40,17 @@ class Settings(BaseSettings):
 
     # --- backend ---------------------------------------------------------------------------
     backend: Backend = Field(
-        Backend.local, description="Which Containers API to use: local | openai | azure | gateway. Default local."
+        Backend.local,
+        description="Which Containers API to use: local | openai | azure | gateway (Bifrost) | litellm. Default local.",
     )
     api_base: str | None = Field(
         None,
         description=(
             "Base URL of the API. Default per backend: local http://127.0.0.1:8650/v1, openai "
             "https://api.openai.com/v1; azure wants the resource endpoint (…/openai/v1 is added); "
-            "gateway wants the gateway's base (e.g. http://localhost:8080/openai/v1)."
+            "gateway wants Bifrost's OpenAI base (http://localhost:8080/openai/v1); litellm wants the proxy's "
+            "address (http://localhost:4000; a /v1, /openai or /openai/v1 suffix is ignored: "
+            "HEARTH_GATEWAY_ROUTES picks the route)."
         ),
     )
     api_key: SecretStr | None = Field(
@@ -62,6 +66,15 @@ class Settings(BaseSettings):
     )
     gateway_provider: str = Field(
         "openai", description="Provider a gateway should route to (body on create, query elsewhere). Default openai."
+    )
+    gateway_routes: Literal["containers", "passthrough"] = Field(
+        "containers",
+        description=(
+            "Which LiteLLM routes the litellm backend uses: containers (its /v1/containers routes; they drop "
+            "memory_limit, network_policy and skills on create and the list name filter, so a pool that needs "
+            "one is refused) | passthrough (its /openai pass-through, which forwards every field). "
+            "Default containers."
+        ),
     )
     api_timeout: Annotated[float, Field(gt=0)] = Field(60.0, description="HTTP timeout per request, s. Default 60.")
     api_max_retries: Annotated[int, Field(ge=0)] = Field(

@@ -7,8 +7,9 @@ port and dir, as a supervisor or a failover would bring it back), ``hearth worke
 The reproduction of issue 13: a worker holds an unacknowledged task (a ``hearth.ping`` waiting for
 its countdown) when Redis restarts. On kombu 5.7's stock transport (``HEARTH_BROKER_TRANSPORT=kombu``)
 the worker stops with ``AttributeError ... 'hostname'`` and, being ``hearth worker``, exits non-zero;
-on Hearth's transport (tasks/broker.py) the task completes and the worker lives. Both run here, so the
-first test fails the day the workaround stops being needed or stops working.
+on Hearth's transport (tasks/broker.py) the task completes and the worker lives. Both run here: the
+first fails the day the workaround stops working, the second the day kombu mends the bug (then
+tasks/broker.py's restore deferral can go).
 
 Durations are env-configurable for local runs: ``HEARTH_TEST_COUNTDOWN`` (the held task's countdown,
 default 6 s) and ``HEARTH_TEST_OUTAGE`` (the broker outage, default the 60 s the issue asks for).

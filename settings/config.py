@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="Celery pool: threads suit Hearth's I/O-bound tasks. Default threads."
     )
+    broker_transport: Literal["hearth", "kombu"] = Field(
+        "hearth",
+        description="Debugging switch: `kombu` runs workers on kombu's stock Redis transport, which a Redis "
+        "restart under a held task stops (tasks/broker.py). Default hearth.",
+    )
     task_visibility_timeout: Annotated[int, Field(ge=10)] = Field(
         600, description="Seconds before a task whose worker vanished is redelivered. Default 600."
     )

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
         8, description="Tasks run at once per `hearth worker` (threads or processes). Default 8."
     )
+    worker_health_interval: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="Seconds between a worker's writes of its health key (`hearth check`). Default 5."
+    )
+    worker_health_ttl: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="Lifetime of a worker's health key, s: a worker killed or stalled counts as dead this long "
+        "after its last write; must exceed HEARTH_WORKER_HEALTH_INTERVAL. Default 15.",
+    )
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="Celery pool: threads suit Hearth's I/O-bound tasks. Default threads."
     )
@@ -199,6 +207,15 @@ class Settings(BaseSettings):
         if url is not None and url_has_credentials(url):
             raise ValueError(CREDENTIALS_IN_URL)
         return url
+
+    @model_validator(mode="after")
+    def _health_ttl_outlives_interval(self) -> Settings:
+        if self.worker_health_ttl <= self.worker_health_interval:
+            raise ValueError(
+                "HEARTH_WORKER_HEALTH_TTL must exceed HEARTH_WORKER_HEALTH_INTERVAL, or a live worker's "
+                "health key expires between two writes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fall_back_to_openai_key(self) -> Settings:

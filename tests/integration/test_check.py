@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +165,24 @@ def test_an_unreachable_redis_fails(env: dict[str, str]) -> None:
                                 process=True)
     assert code == 1
     assert verdicts(report) == {"redis": "fail"} and "cannot reach" in report["reasons"][0]
+
+
+def test_hearth_worker_on_threads_is_counted_under_its_own_hostname(
+    env: dict[str, str], heartbeat: Heartbeat, tmp_path: Path,
+) -> None:
+    """The real ``hearth worker`` command (threads pool, ``--hostname``), not only ``celery worker``."""
+    log = (tmp_path / "hearth-worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--pool", "threads", "--hostname", "hw@%h"],
+                            env={**env, "HEARTH_WORKER_HEALTH_TTL": "120"},  # only a delete ends it in this test
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code, report = until(lambda: (r := hearth_check(env))[0] == 0 and r, timeout=60, pause=0.5,
+                             what="hearth worker's health key")
+        assert [w["hostname"] for w in report["workers"]] == [f"hw@{socket.gethostname()}"]
+        assert report["workers"][0]["pid"] == proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+    code, report = hearth_check(env)
+    assert code == 1 and report["workers"] == []  # its clean shutdown deleted the key

@@ -10,15 +10,17 @@ A Redis database holds one deployment per key prefix (``HEARTH_KEY_PREFIX``): th
 own prefix only, and says so.
 
 Exit codes: 0 healthy, 1 unhealthy (any failure, or any warning with ``--strict``), 2 a configuration
-error (no Redis configured). ``--json`` prints the report object (``HealthReport.to_json``): ``healthy``,
-``strict``, ``prefix``, ``redis``, ``embedded_redis``, ``checks`` (``name``, ``verdict`` ok|warn|fail,
-``detail``), ``reasons``, ``workers``, ``heartbeat``, ``redis_settings``, ``note``.
+error (no Redis configured, or a setting is invalid). ``--json`` prints the report object
+(``HealthReport.to_json``): ``healthy``, ``strict``, ``prefix``, ``redis``, ``embedded_redis``,
+``checks`` (``name``, ``verdict`` ok|warn|fail, ``detail``), ``reasons``, ``workers``, ``heartbeat``,
+``redis_settings``, ``note``.
 """
 
 from __future__ import annotations
 
 import redis
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from hearth.clock import SystemClock
@@ -56,7 +58,11 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Exit 0 if this deployment is healthy, 1 if not: workers, heartbeat, Redis eviction and persistence."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # names the fields, never echoes their values (hide_input_in_errors)
+        err.print(f"[red]configuration:[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
     url = settings.resolved_redis_url
     if not url:
         err.print(f"[red]configuration:[/] HEARTH_REDIS_URL is not set and no `hearth up` runs in {settings.data_dir}")

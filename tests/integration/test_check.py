@@ -31,7 +31,7 @@ from tests.fixtures.pools import PoolEnv
 from tests.helpers import until
 from worker import cli
 from worker.heartbeat import Heartbeat
-from worker.redis_server import free_port
+from worker.redis_server import find_redis_server, free_port
 
 # Short health TTLs so a killed worker is seen dead in seconds; no test sleeps for them.
 FAST_HEALTH = {"HEARTH_WORKER_HEALTH_INTERVAL": "0.5", "HEARTH_WORKER_HEALTH_TTL": "2"}
@@ -186,3 +186,35 @@ def test_hearth_worker_on_threads_is_counted_under_its_own_hostname(
         log.close()
     code, report = hearth_check(env)
     assert code == 1 and report["workers"] == []  # its clean shutdown deleted the key
+
+
+@pytest.fixture
+def no_config_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server with CONFIG disabled, as many managed services run it."""
+    port = free_port()
+    proc = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path), "--rename-command", "CONFIG", ""],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = redis.Redis(port=port)
+    try:
+        until(lambda: _pings(client), timeout=20, what="redis-server without CONFIG", pause=0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_redis_without_config_is_checked_from_info(env: dict[str, str], no_config_redis: str) -> None:
+    code, report = hearth_check({**env, "HEARTH_REDIS_URL": no_config_redis}, "--workers", "0", "--no-heartbeat")
+    assert code == 0, report["reasons"]
+    assert verdicts(report)["eviction"] == "ok"  # INFO memory still says noeviction
+    assert verdicts(report)["persistence"] == "warn"  # no AOF, and the snapshot schedule is hidden
+    assert report["redis_settings"]["save"] is None

@@ -92,7 +92,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".hearth"), description="Where embedded parts (Redis, local API) keep their data. Default ./.hearth."
     )
-    key_prefix: str = Field("hearth", description="Prefix of every Redis key Hearth writes. Default hearth.")
+    key_prefix: str = Field(
+        "hearth",
+        description="Prefix of every Redis key Hearth writes, the broker's included: one deployment per prefix in a "
+        "Redis database. Not empty, no spaces or glob characters (* ? [ ] \\). Default hearth.",
+    )
     name_prefix: str = Field(
         "hearth", description="Prefix of the names of containers Hearth creates (orphan detection). Default hearth."
     )
@@ -198,6 +202,15 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("SENTRY_DSN", "HEARTH_SENTRY_DSN", "sentry_dsn"),
         description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
     )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _plain_key_prefix(cls, prefix: str) -> str:
+        # The broker subscribes to its fanout with PSUBSCRIBE <prefix>…: a glob character in the prefix
+        # would match another deployment's channels.
+        if not prefix or any(c.isspace() or c in "*?[]\\" for c in prefix):
+            raise ValueError("HEARTH_KEY_PREFIX must be non-empty, without spaces or glob characters (* ? [ ] \\)")
+        return prefix
 
     @field_validator("storage_url")
     @classmethod

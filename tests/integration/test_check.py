@@ -1,7 +1,8 @@
 """``hearth check`` against a real deployment: a redis-server, a real Celery worker process, the heartbeat.
 
 Healthy is exit 0; no worker, a killed worker (once its health key's TTL has run out), no heartbeat, an
-evicting Redis, an unreachable Redis are exit 1 with the reason; ``--strict`` fails a Redis that does
+evicting Redis, an unreachable Redis are exit 1 with the reason; a worker that rode out a Redis restart is healthy
+again after it; ``--strict`` fails a Redis that does
 not persist (the suite's Redis writes nothing to disk); ``--json`` has the documented keys. The
 command runs as a process, as a probe would run it, where the exit status is the point; elsewhere
 in this process (the same Typer command, without an interpreter start each time).
@@ -31,7 +32,7 @@ from tests.fixtures.pools import PoolEnv
 from tests.helpers import until
 from worker import cli
 from worker.heartbeat import Heartbeat
-from worker.redis_server import find_redis_server, free_port
+from worker.redis_server import RedisServer, find_redis_server, free_port
 
 # Short health TTLs so a killed worker is seen dead in seconds; no test sleeps for them.
 FAST_HEALTH = {"HEARTH_WORKER_HEALTH_INTERVAL": "0.5", "HEARTH_WORKER_HEALTH_TTL": "2"}
@@ -218,3 +219,26 @@ def test_a_redis_without_config_is_checked_from_info(env: dict[str, str], no_con
     assert verdicts(report)["eviction"] == "ok"  # INFO memory still says noeviction
     assert verdicts(report)["persistence"] == "warn"  # no AOF, and the snapshot schedule is hidden
     assert report["redis_settings"]["save"] is None
+
+
+def test_a_worker_that_rides_out_a_redis_restart_is_healthy_again_after_it(
+    env: dict[str, str], tmp_path: Path,
+) -> None:
+    """The health step restarts with Celery's consumer: a probe must not kill a worker that reconnected."""
+    server = RedisServer(tmp_path / "own-redis", persist=False).start()  # not the suite's: this one restarts
+    own = {**env, "HEARTH_REDIS_URL": server.url}
+    worker = WorkerProcess(own, tmp_path / "restart-worker.log", name="rr")
+    try:
+        code, report = until(lambda: (r := hearth_check(own, "--no-heartbeat"))[0] == 0 and r, timeout=60,
+                             pause=0.5, what="the worker's health key")
+        [pid] = [w["pid"] for w in report["workers"]]
+        server.stop()
+        code, report = hearth_check(own, "--no-heartbeat", "--timeout", "1")
+        assert code == 1 and verdicts(report) == {"redis": "fail"}
+        server.start()  # same port, empty: only a worker that wrote again shows up
+        code, report = until(lambda: (r := hearth_check(own, "--no-heartbeat"))[0] == 0 and r, timeout=60,
+                             pause=0.5, what="the health key after the restart")
+        assert [w["pid"] for w in report["workers"]] == [pid] and worker.proc.poll() is None
+    finally:
+        worker.stop()
+        server.stop()

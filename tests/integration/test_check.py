@@ -1,10 +1,10 @@
 """``hearth check`` against a real deployment: a redis-server, a real Celery worker process, the heartbeat.
 
 Healthy is exit 0; no worker, a killed worker (once its health key's TTL has run out), no heartbeat, an
-evicting Redis, an unreachable Redis are exit 1 with the reason; a worker that rode out a Redis restart is healthy
-again after it; ``--strict`` fails a Redis that does
-not persist (the suite's Redis writes nothing to disk); ``--json`` has the documented keys. The
-command runs as a process, as a probe would run it, where the exit status is the point; elsewhere
+evicting Redis, an unreachable Redis are exit 1 with the reason; a worker that rode out a Redis restart
+is healthy again after it; ``--strict`` fails a Redis that does not persist (the suite's Redis writes
+nothing to disk); a Redis with CONFIG disabled is checked from INFO; ``--json`` has the documented keys.
+The command runs as a process, as a probe would run it, where the exit status is the point; elsewhere
 in this process (the same Typer command, without an interpreter start each time).
 """
 

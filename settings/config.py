@@ -105,7 +105,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".hearth"), description="Where embedded parts (Redis, local API) keep their data. Default ./.hearth."
     )
-    key_prefix: str = Field("hearth", description="Prefix of every Redis key Hearth writes. Default hearth.")
+    key_prefix: str = Field(
+        "hearth",
+        description="Prefix of every Redis key Hearth writes, the broker's included: one deployment per prefix in a "
+        "Redis database. Not empty, no spaces or glob characters (* ? [ ] \\). Default hearth.",
+    )
     name_prefix: str = Field(
         "hearth", description="Prefix of the names of containers Hearth creates (orphan detection). Default hearth."
     )
@@ -119,6 +123,14 @@ class Settings(BaseSettings):
     )
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
         8, description="Tasks run at once per `hearth worker` (threads or processes). Default 8."
+    )
+    worker_health_interval: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="Seconds between a worker's writes of its health key (`hearth check`). Default 5."
+    )
+    worker_health_ttl: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="Lifetime of a worker's health key, s: a worker killed or stalled counts as dead this long "
+        "after its last write; must exceed HEARTH_WORKER_HEALTH_INTERVAL. Default 15.",
     )
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="Celery pool: threads suit Hearth's I/O-bound tasks. Default threads."
@@ -209,6 +221,15 @@ class Settings(BaseSettings):
         description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
     )
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _plain_key_prefix(cls, prefix: str) -> str:
+        # The broker subscribes to its fanout with PSUBSCRIBE <prefix>…: a glob character in the prefix
+        # would match another deployment's channels.
+        if not prefix or any(c.isspace() or c in "*?[]\\" for c in prefix):
+            raise ValueError("HEARTH_KEY_PREFIX must be non-empty, without spaces or glob characters (* ? [ ] \\)")
+        return prefix
+
     @field_validator("storage_url")
     @classmethod
     def _no_credentials_in_storage_url(cls, url: str | None) -> str | None:
@@ -217,6 +238,15 @@ class Settings(BaseSettings):
         if url is not None and url_has_credentials(url):
             raise ValueError(CREDENTIALS_IN_URL)
         return url
+
+    @model_validator(mode="after")
+    def _health_ttl_outlives_interval(self) -> Settings:
+        if self.worker_health_ttl <= self.worker_health_interval:
+            raise ValueError(
+                "HEARTH_WORKER_HEALTH_TTL must exceed HEARTH_WORKER_HEALTH_INTERVAL, or a live worker's "
+                "health key expires between two writes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fall_back_to_openai_key(self) -> Settings:

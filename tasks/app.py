@@ -16,6 +16,7 @@ from celery import Celery
 from kombu import Queue
 
 from settings import Settings
+from tasks.health import WorkerHealth
 
 # kombu's Redis transport with the restore of held messages made safe on a lost connection (see
 # tasks/broker.py). ``HEARTH_BROKER_TRANSPORT=kombu`` (a debugging switch) selects kombu's own ("redis")
@@ -164,6 +165,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("hearth", include=list(TASK_MODULES), amqp=BROKER_AMQP)
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.hearth_settings = settings
+    # The worker's health key (``hearth check``), kept while its task consumer runs.
+    celery_app.steps["consumer"].add(WorkerHealth)
     return celery_app
 
 

@@ -71,6 +71,10 @@ def worker(
     concurrency: int | None = typer.Option(None, help="Tasks at once (default HEARTH_WORKER_CONCURRENCY)."),
     pool: str | None = typer.Option(None, help="threads | prefork | solo (default HEARTH_WORKER_POOL)."),
     loglevel: str | None = typer.Option(None, help="Log level (default HEARTH_LOG_LEVEL)."),
+    hostname: str | None = typer.Option(
+        None, help="Node name (default celery@<host>); each worker on one machine needs its own (e.g. w2@%h): "
+        "it names the worker's health key, which `hearth check` counts.",
+    ),
 ) -> None:
     """Run a Celery worker that executes Hearth's tasks."""
     from tasks.app import create_app
@@ -95,6 +99,7 @@ def worker(
         "--pool", pool_kind,
         "--loglevel", level.upper(),
         "--without-gossip", "--without-mingle",
+        *(["--hostname", hostname] if hostname else []),
     ]
     try:
         code = run_celery(app, argv)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 from celery import Celery
 
+from hearth.clock import OffsetClock
 from hearth.files.manifest import MANIFEST_KEY, Manifest
 from hearth.files.storage import StorageTarget
 from hearth.planner import tick
@@ -26,7 +27,7 @@ from hearth.sessions.saving import load_state
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
-from tests.helpers import sdk, sdk_response, until
+from tests.helpers import count_requests, sdk, sdk_response, until
 
 POOLS = """
 version: 1
@@ -37,6 +38,12 @@ pools:
     max_total: 4
     container: {expires_after_minutes: 20}
     lease: {session_idle_seconds: 3600, wait_seconds: 60}
+  beta:
+    min_ready: 1
+    buffer: 0
+    max_total: 2
+    container: {expires_after_minutes: 20}
+    lease: {session_idle_seconds: 3600, wait_seconds: 60, session_save_every_seconds: 60}
 """
 
 KEY = "conversation-failing-saves"
@@ -55,14 +62,19 @@ def filled(pools_env: PoolEnv, hearth_runtime: Runtime, start_worker: Callable[.
     pools_env.write_pools(POOLS)
     start_worker(pools_env.env, concurrency=2)
     send = lambda name, args: celery_app.send_task(name, args=args)  # noqa: E731
-    until(lambda: len(hearth_runtime.store.records("alpha", State.READY)) >= 2,
+    until(lambda: len(hearth_runtime.store.records("alpha", State.READY)) >= 2
+          and len(hearth_runtime.store.records("beta", State.READY)) >= 1,
           step=lambda: tick(hearth_runtime, send), timeout=90.0, what="pool filled")
     return hearth_runtime
 
 
 def stored(sessions: Sessions, file_id: str) -> bytes | None:
     """What storage holds for one file of the session's current container (None: not saved)."""
-    rec = sessions.get(KEY)
+    return stored_for(sessions, KEY, file_id)
+
+
+def stored_for(sessions: Sessions, key: str, file_id: str) -> bytes | None:
+    rec = sessions.get(key)
     assert rec is not None
     here = rec.history[-1]
     target = StorageTarget.from_url(here.target)
@@ -134,3 +146,37 @@ def test_a_failed_save_is_reported_retried_and_every_file_is_found_by_later_save
     content = client.containers.files.content
     assert content.retrieve(files["chart.png"], container_id=back.container_id).read() == chart
     assert content.retrieve(files["squares.csv"], container_id=back.container_id).read() == table
+
+
+def test_a_duplicate_live_save_from_a_backlog_makes_no_request_and_keeps_the_period(
+    filled: Runtime, local_api: LocalAPI, celery_app: Celery, hearth_clock: OffsetClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # When workers fall more than claim_ttl behind, the heartbeat claims a session whose save is still
+    # queued a second time (bench/sessions.py at 1,000 sessions on a loaded machine). Each duplicate
+    # must not cost an API request, or a backlog turns into a burst of listings over the rate.
+    sessions = Sessions(filled, lambda name, args: celery_app.send_task(name, args=args))
+    key = "conversation-backlogged"
+    sessions.lease("beta", key)  # pool `beta` saves live every 60 s
+    sid = session_hash(key)
+    live = LiveSaves(filled)
+    seen = count_requests(local_api, monkeypatch)
+
+    first = live.save(sid)
+    assert seen["files.list"] == 1 and first.active and first.next_in == pytest.approx(60, abs=1)
+    listed_due = live.due_at(sid)
+    assert listed_due is not None
+    assert [s for s, _ in live.claim(listed_due + 1)] == [sid]  # the claim the heartbeat makes again
+    assert live.due_at(sid) > listed_due  # pushed out by the claim's ttl
+
+    duplicate = live.save(sid)
+    assert seen["files.list"] == 1  # no second listing
+    assert duplicate.active and "duplicate" in duplicate.detail
+    assert live.due_at(sid) == pytest.approx(listed_due)  # back to one period after the real listing
+
+    hearth_clock.advance(60)  # a period later the save lists again, and copies what is new
+    got = sessions.get(key)
+    assert got is not None and got.current is not None
+    written = local_api.write_assistant_file(got.current.container_id, "/mnt/data/late.txt", b"late\n")
+    later = live.save(sid)
+    assert seen["files.list"] >= 2 and later.saved == 1 and stored_for(sessions, key, written["id"]) == b"late\n"

@@ -32,6 +32,7 @@ from hearth.pool.effects import Command, Enqueue, Steps, SyncIO
 from hearth.pool.leases import Lease, LeaseCore, ReleasedLease
 from hearth.pool.model import State
 from hearth.runtime import Runtime
+from hearth.sessions import Sessions
 from settings import Settings
 from tasks.app import create_app
 
@@ -146,6 +147,11 @@ class HearthPools:
 
     def _send(self, name: str, args: list[Any]) -> None:
         self.celery.send_task(name, args=args)
+
+    def sessions(self, **options: Any) -> Sessions:
+        """Sticky leases per conversation key on this process's runtime, enqueuing through its Celery
+        app; ``options`` as :class:`~hearth.sessions.Sessions` (``verify_after``...)."""
+        return Sessions(self.rt, self._send, **options)
 
     def lease(self, pool: str, *, ttl: float | None = None, wait: float | None = None,
               holder: str | None = None) -> Lease:

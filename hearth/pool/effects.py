@@ -9,6 +9,7 @@ So that logic is written as generators that *yield* what they need done and rece
     pool = yield Command("hget", (key, name))               # one Redis command
     yield Pause(0.05, wake_key)                             # wait for a refill (BLPOP) or sleep
     yield Enqueue("hearth.retire", [name])                  # hand a task to the workers
+    report = yield Offload(harvest, (rec,))                 # blocking work that is not Redis
 
 They never touch a socket. ``SyncIO`` carries the effects out on ``redis.Redis`` (the calling
 thread blocks), ``AsyncIO`` on ``redis.asyncio.Redis`` (the event loop never blocks): the split of
@@ -16,6 +17,11 @@ h11 and httpx, where the protocol is one object and each face only moves bytes. 
 every error of an effect back into the generator at the ``yield``, so the logic sees (and may
 catch) it where it asked, and Redis errors arrive as :class:`~hearth.errors.StateStoreError` from
 both faces alike.
+
+``Offload`` is for the few steps that are blocking work of another kind (a harvest or a restore:
+file transfers on the sync API client and fsspec storage, which have no async face): the sync
+driver calls it in place, the async one awaits it on a worker thread (``asyncio.to_thread``), so
+the loop stays free while the decisions around it stay in the one sans-IO text.
 """
 
 from __future__ import annotations
@@ -67,7 +73,15 @@ class Enqueue:
     args: list[Any]
 
 
-Effect = Script | Command | Pause | Enqueue
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """Call ``fn(*args)``, blocking work that is not Redis (file transfers); its return value is the reply."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+Effect = Script | Command | Pause | Enqueue | Offload
 #: A piece of sans-IO logic: yields effects, receives their results, returns a ``T``.
 Steps = Generator[Effect, Any, T]
 
@@ -149,6 +163,8 @@ class SyncIO:
                 self.clock.sleep(effect.seconds)
                 return None
             return self.redis.blpop([effect.wake_key], timeout=max(effect.seconds, _MIN_BLOCK))
+        if isinstance(effect, Offload):
+            return effect.fn(*effect.args)
         self._enqueue(effect.name, effect.args)
         return None
 
@@ -200,6 +216,8 @@ class AsyncIO:
                 await self._sleep(effect.seconds)
                 return None
             return await self.redis.blpop([effect.wake_key], timeout=max(effect.seconds, _MIN_BLOCK))
+        if isinstance(effect, Offload):
+            return await asyncio.to_thread(effect.fn, *effect.args)
         await self._enqueue(effect.name, effect.args)
         return None
 

@@ -5,7 +5,9 @@ local API over a socket, the official ``openai`` SDK to see what the server hold
 twice (``face``): its body is one coroutine, calling either ``AsyncHearthPools`` itself, or
 ``HearthPools`` on threads (tests/fixtures/faces.py ``Threaded``), so the assertions are one text:
 no container leased twice among 50 concurrent callers, an empty pool's waiting lease takes the
-refill while the event loop keeps running, and a release harvests what the container held.
+refill while the event loop keeps running, and a release harvests what the container held; and
+for sessions (``pools.sessions()``: ``Sessions`` or ``AsyncSessions``), a key keeps its container,
+``after_response`` saves the cited file, ``end_session`` retires and a later turn restores.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ import redis.asyncio
 from celery import Celery
 
 from hearth.errors import PoolEmpty
+from hearth.files.manifest import MANIFEST_KEY, Manifest
+from hearth.files.storage import StorageTarget
 from hearth.planner import tick
 from hearth.pool.leases import Lease
 from hearth.pool.model import State
 from hearth.runtime import Runtime
+from hearth.sessions import SessionRecord, session_hash
 from tasks.async_pools import AsyncHearthPools
 from tasks.pools import HearthPools
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.faces import Threaded
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
-from tests.helpers import sdk, until
+from tests.helpers import sdk, sdk_response, until
 
 POOLS = """
 version: 1
@@ -172,3 +177,105 @@ def test_leaving_the_leased_block_harvests_the_containers_files_and_retires_it(
 
     until(deleted, timeout=90.0)  # harvested, then retired by the worker
     assert hearth_runtime.store.by_container_id(lease.container_id) is None
+
+
+# --- sessions: a container per conversation key, on both faces -----------------------------------
+
+KEY = "conversation-secret-51c2"
+
+
+@pytest.fixture
+def app_sessions(face: str, app_pools: Any, threads: ThreadPoolExecutor) -> Any:
+    """``pools.sessions()`` of the face under test, awaitable (the sync ``Sessions`` on threads)."""
+    if face == "sync":
+        return Threaded(app_pools._target.sessions(), threads)
+    return app_pools.sessions()
+
+
+def stored_bytes(rec: SessionRecord, file_id: str) -> bytes | None:
+    """What storage holds for one file of the session's current container (from its manifest)."""
+    target = StorageTarget.from_url(rec.history[-1].target)
+    raw = target.read_bytes(MANIFEST_KEY)
+    manifest = None if raw is None else Manifest.from_json(raw, container_id=rec.history[-1].container_id)
+    entry = manifest.files.get(file_id) if manifest is not None else None
+    if entry is None:
+        return None
+    with target.open_read(entry.storage_key) as fh:
+        return fh.read()
+
+
+def test_a_key_keeps_its_container_and_concurrent_first_turns_of_a_key_bind_one(
+    app_sessions: Any, hearth_runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
+    celery_app: Celery, aio: asyncio.Runner,
+) -> None:
+    fill(hearth_runtime, pools_env, start_worker, celery_app, ready=3, total=3)
+
+    async def main() -> tuple[Any, list[Any], Any, list[Any]]:
+        first = await app_sessions.lease("alpha", KEY)
+        again = [await app_sessions.lease("alpha", KEY) for _ in range(3)]
+        other = await app_sessions.lease("alpha", "another-conversation")
+        # Five turns of a new key at once: one binds under the session lock, the others wait and share it.
+        racing = await asyncio.gather(*(app_sessions.lease("alpha", "third-conversation") for _ in range(5)))
+        return first, again, other, racing
+
+    first, again, other, racing = aio.run(main())
+    assert first.created and not first.restored and first.session_id == session_hash(KEY)
+    assert {a.container_id for a in again} == {first.container_id}
+    assert not any(a.created or a.restored for a in again)
+    assert other.container_id != first.container_id and other.session_id != first.session_id
+    assert len({r.container_id for r in racing}) == 1 and sum(r.created for r in racing) == 1
+    assert racing[0].container_id not in (first.container_id, other.container_id)
+    record = hearth_runtime.store.by_container_id(first.container_id)
+    assert record is not None and record.state is State.LEASED and record.session_key_hash == first.session_id
+    leased = hearth_runtime.store.records("alpha", State.LEASED)
+    assert len(leased) == 3  # one container per key, none taken twice
+    rec = aio.run(app_sessions.get(KEY))
+    assert rec is not None and rec.container_id == first.container_id
+
+
+def test_after_response_saves_the_cited_file_and_end_retires_then_a_later_turn_restores(
+    app_sessions: Any, hearth_runtime: Runtime, pools_env: PoolEnv, start_worker: Callable[..., WorkerProcess],
+    celery_app: Celery, aio: asyncio.Runner, local_api: LocalAPI,
+) -> None:
+    fill(hearth_runtime, pools_env, start_worker, celery_app, ready=2, total=3)
+    client = sdk(local_api)
+    got = aio.run(app_sessions.lease("alpha", KEY))
+    other = aio.run(app_sessions.lease("alpha", "another-conversation"))
+    primes = b"p\n2\n3\n5\n7\n"
+    cited = local_api.write_assistant_file(got.container_id, "/mnt/data/primes.csv", primes)
+    foreign = local_api.write_assistant_file(other.container_id, "/mnt/data/secret.txt", b"not yours\n")
+    response = sdk_response(got.container_id, [(got.container_id, cited["id"], "primes.csv"),
+                                               (other.container_id, foreign["id"], "secret.txt")])
+
+    done = aio.run(app_sessions.after_response(KEY, response))
+    assert done.found and done.container_id == got.container_id and done.complete
+    assert [(c["file_id"], c["status"]) for c in done.cited] == [(cited["id"], "saved")]
+    assert [(r["container_id"], r["file_id"]) for r in done.refused] == [(other.container_id, foreign["id"])]
+    rec = hearth_runtime.redis.get(hearth_runtime.store.key("session", session_hash(KEY)))
+    assert rec is not None
+    record = SessionRecord.model_validate_json(rec)
+    assert stored_bytes(record, cited["id"]) == primes and stored_bytes(record, foreign["id"]) is None
+
+    ended = aio.run(app_sessions.end_session(KEY))
+    assert ended.found and ended.retiring and ended.container_id == got.container_id and ended.harvested_files >= 1
+
+    def deleted() -> bool:
+        try:
+            client.containers.retrieve(got.container_id)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    until(deleted, timeout=90.0)  # the worker's hearth.retire deleted it on the server
+    after = aio.run(app_sessions.get(KEY))
+    assert after is not None and after.ended and after.container_id is None
+
+    # The conversation comes back: a fresh container (the lease asks the worker for it), files restored.
+    back = aio.run(app_sessions.lease("alpha", KEY, wait=90))
+    assert back.restored and back.container_id not in (got.container_id, other.container_id)
+    assert back.restored_files == ["primes.csv"]
+    names = {f.path.rsplit("/", 1)[-1]: f.id for f in client.containers.files.list(back.container_id)}
+    restored = [fid for name, fid in names.items() if name.endswith("primes.csv")]
+    assert len(restored) == 1
+    content = client.containers.files.content.retrieve(restored[0], container_id=back.container_id).read()
+    assert content == primes

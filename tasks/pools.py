@@ -28,7 +28,7 @@ from celery import Celery
 
 from hearth.errors import ConfigError, HearthError, LeaseError, PoolEmpty
 from hearth.events import log_event
-from hearth.pool.effects import Command, Enqueue, Steps, SyncIO
+from hearth.pool.effects import Batch, Command, Enqueue, Steps, SyncIO
 from hearth.pool.leases import Lease, LeaseCore, ReleasedLease
 from hearth.pool.model import State
 from hearth.runtime import Runtime
@@ -73,8 +73,8 @@ class PoolsCore:
                 raise
             finally:
                 yield Command("zrem", (waiting_key, ident))
-        for command, args in costs.lease_counters(spec, self.rt.clock.now()):
-            yield Command(command, args)
+        # The counters are independent writes: one round trip for all (a lease is two round trips).
+        yield Batch(tuple(Command(command, args) for command, args in costs.lease_counters(spec, self.rt.clock.now())))
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got

@@ -7,6 +7,7 @@ So that logic is written as generators that *yield* what they need done and rece
 
     raw = yield Script(scripts.LEASE, (pool, now, ...))     # run a Lua script of scripts.py
     pool = yield Command("hget", (key, name))               # one Redis command
+    yield Batch((Command("hincrby", ...), ...))             # several, one round trip
     yield Pause(0.05, wake_key)                             # wait for a refill (BLPOP) or sleep
     yield Enqueue("hearth.retire", [name])                  # hand a task to the workers
     report = yield Offload(harvest, (rec,))                 # blocking work that is not Redis
@@ -58,6 +59,13 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Several commands in one round trip (a non-transactional pipeline); the reply is their replies."""
+
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Pause:
     """Wait up to ``seconds``; with ``wake_key``, an entry pushed on that list ends the wait early."""
 
@@ -81,7 +89,7 @@ class Offload:
     args: tuple[Any, ...] = ()
 
 
-Effect = Script | Command | Pause | Enqueue | Offload
+Effect = Script | Command | Batch | Pause | Enqueue | Offload
 #: A piece of sans-IO logic: yields effects, receives their results, returns a ``T``.
 Steps = Generator[Effect, Any, T]
 
@@ -158,6 +166,11 @@ class SyncIO:
             return script(keys=[], args=[self.prefix, *effect.args])
         if isinstance(effect, Command):
             return getattr(self.redis, effect.name)(*effect.args, **effect.kwargs)
+        if isinstance(effect, Batch):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for command in effect.commands:
+                    getattr(pipe, command.name)(*command.args, **command.kwargs)
+                return pipe.execute()
         if isinstance(effect, Pause):
             if effect.wake_key is None:
                 self.clock.sleep(effect.seconds)
@@ -211,6 +224,11 @@ class AsyncIO:
             return await script(keys=[], args=[self.prefix, *effect.args])
         if isinstance(effect, Command):
             return await getattr(self.redis, effect.name)(*effect.args, **effect.kwargs)
+        if isinstance(effect, Batch):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in effect.commands:
+                    getattr(pipe, command.name)(*command.args, **command.kwargs)
+                return await pipe.execute()
         if isinstance(effect, Pause):
             if effect.wake_key is None:
                 await self._sleep(effect.seconds)

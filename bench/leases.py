@@ -78,7 +78,7 @@ pools:
 """
 
 
-def threaded(pools: HearthPools, callers: int, rounds: int) -> tuple[list[float], float]:
+def threaded(pools: HearthPools, callers: int, rounds: int) -> tuple[list[float], float, float]:
     """``callers`` threads, each ``rounds`` times: lease (timed), give back for reuse (untimed)."""
     samples: list[list[float]] = [[] for _ in range(callers)]
     barrier = threading.Barrier(callers + 1)
@@ -96,13 +96,13 @@ def threaded(pools: HearthPools, callers: int, rounds: int) -> tuple[list[float]
     for t in threads:
         t.start()
     barrier.wait()
-    started = clock()
+    started, cpu = clock(), time.process_time()
     for t in threads:
         t.join()
-    return [x for mine in samples for x in mine], clock() - started
+    return [x for mine in samples for x in mine], clock() - started, time.process_time() - cpu
 
 
-async def coroutines(pools: AsyncHearthPools, callers: int, rounds: int) -> tuple[list[float], float]:
+async def coroutines(pools: AsyncHearthPools, callers: int, rounds: int) -> tuple[list[float], float, float]:
     """``callers`` coroutines of this loop, each as a thread of ``threaded``."""
     samples: list[float] = []
     clock = time.perf_counter
@@ -118,10 +118,10 @@ async def coroutines(pools: AsyncHearthPools, callers: int, rounds: int) -> tupl
 
     tasks = [asyncio.create_task(caller()) for _ in range(callers)]
     await asyncio.sleep(0)
-    started = clock()
+    started, cpu = clock(), time.process_time()
     go.set()
     await asyncio.gather(*tasks)
-    return samples, clock() - started
+    return samples, clock() - started, time.process_time() - cpu
 
 
 def concurrency(args: argparse.Namespace) -> None:
@@ -139,19 +139,20 @@ def concurrency(args: argparse.Namespace) -> None:
         sync_pools = HearthPools(rt, celery)
         # Warm both faces (scripts loaded, connections open) before timing.
         threaded(sync_pools, n, 5)
-        solo_s, _ = threaded(sync_pools, 1, rounds * 2)
-        sync_s, sync_wall = threaded(sync_pools, n, rounds)
+        solo = threaded(sync_pools, 1, rounds * 2)
+        sync = threaded(sync_pools, n, rounds)
 
-        async def run_async() -> tuple[list[float], float]:
+        async def run_async(coalesce: bool) -> tuple[list[float], float, float]:
             client = redis.asyncio.Redis.from_url(server.url, max_connections=n + 8)
-            pools = AsyncHearthPools(rt, client, celery)
+            pools = AsyncHearthPools(rt, client, celery, coalesce=coalesce)
             try:
                 await coroutines(pools, n, 5)
                 return await coroutines(pools, n, rounds)
             finally:
                 await client.aclose()
 
-        async_s, async_wall = asyncio.run(run_async())
+        plain = asyncio.run(run_async(False))
+        coalesced = asyncio.run(run_async(True))
         counts = rt.store.counts(POOL)
         assert counts.get(State.READY, 0) == size and not counts.get(State.LEASED), counts
         rt.close()
@@ -160,17 +161,19 @@ def concurrency(args: argparse.Namespace) -> None:
     def ms(x: float) -> str:
         return f"{x * 1000:6.2f} ms"
 
-    solo50, solo99 = pct(solo_s, 0.5), pct(solo_s, 0.99)
+    solo50, solo99 = pct(solo[0], 0.5), pct(solo[0], 0.99)
     print(f"app leases on a pool of {size} READY records, {n} concurrent callers x {rounds} leases, one process")
-    rows = [("one caller (baseline)", solo_s, None), (f"HearthPools, {n} threads", sync_s, sync_wall),
-            (f"AsyncHearthPools, {n} coroutines", async_s, async_wall)]
-    for label, samples, wall in rows:
-        rate = f"{len(samples) / wall:7.0f} leases/s" if wall else "               "
-        print(f"  {label:34s} p50 {ms(pct(samples, 0.5))}  p99 {ms(pct(samples, 0.99))}  {rate}")
-    print(f"ratio to one caller: threads p50 {pct(sync_s, 0.5) / solo50:.1f}x p99 {pct(sync_s, 0.99) / solo99:.1f}x; "
-          f"coroutines p50 {pct(async_s, 0.5) / solo50:.1f}x p99 {pct(async_s, 0.99) / solo99:.1f}x")
-    print(f"coroutines / threads: p99 {pct(async_s, 0.99) / pct(sync_s, 0.99):.2f}x, "
-          f"leases/s {len(async_s) / async_wall / (len(sync_s) / sync_wall):.2f}x")
+    rows = [("one caller (baseline)", solo), (f"HearthPools, {n} threads", sync),
+            (f"AsyncHearthPools, {n} coroutines", coalesced),
+            ("  same, coalesce=False", plain)]
+    for label, (samples, wall, cpu) in rows:
+        print(f"  {label:34s} p50 {ms(pct(samples, 0.5))}  p99 {ms(pct(samples, 0.99))}  "
+              f"{len(samples) / wall:6.0f} leases/s  CPU {cpu / len(samples) * 1e6:5.0f} us/lease")
+    for label, (samples, _, _) in rows[1:]:
+        print(f"ratio {label.strip()} / one caller: p50 {pct(samples, 0.5) / solo50:.1f}x "
+              f"p99 {pct(samples, 0.99) / solo99:.1f}x")
+    print(f"coroutines / threads: p99 {pct(coalesced[0], 0.99) / pct(sync[0], 0.99):.2f}x, "
+          f"leases/s {len(coalesced[0]) / coalesced[1] / (len(sync[0]) / sync[1]):.2f}x")
 
 
 def main() -> None:

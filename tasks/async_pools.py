@@ -62,13 +62,14 @@ class AsyncHearthPools:
         celery_app: Celery,
         *,
         enqueue_threads: int = 2,
+        coalesce: bool = True,
     ) -> None:
         self.rt = runtime
         self.redis = redis_client
         self.celery = celery_app
-        self.leases = AsyncLeases(runtime.store, redis_client)
+        self.leases = AsyncLeases(runtime.store, redis_client, coalesce=coalesce)
         self.core = PoolsCore(runtime, self.leases.core)
-        self.io = AsyncIO(redis_client, runtime.store.prefix, runtime.clock, enqueue=self._send)
+        self.io = AsyncIO(redis_client, runtime.store.prefix, runtime.clock, enqueue=self._send, coalesce=coalesce)
         self._executor = ThreadPoolExecutor(max_workers=enqueue_threads, thread_name_prefix="hearth-enqueue")
 
     @classmethod

@@ -259,8 +259,9 @@ class AsyncIO:
         try:
             return await coalescer.call([lambda pipe: pipe.evalsha(sha, 0, *args)])
         except redis.exceptions.NoScriptError:
-            # First use on this server (or it restarted): load it, then run it as any call.
-            await self.redis.script_load(effect.source)
+            # First use on this server (or it restarted): load it (the loads of concurrent callers
+            # share a round trip too), then run it as any call.
+            await coalescer.call([lambda pipe: pipe.script_load(effect.source)])
             return await coalescer.call([lambda pipe: pipe.evalsha(sha, 0, *args)])
 
 

@@ -277,51 +277,56 @@ class _Coalescer:
     Why: under concurrency, an asyncio app's lease latency is queueing in its one thread, and the
     per-round-trip cost (a connection taken from the pool, a socket write, a read, a wake-up) is most
     of it; 32 coroutines leasing at once then pay about one round trip, not 32. Each call still gets
-    its own reply or error. At most one pipeline is in flight: calls made meanwhile form the next.
-    A blocking command (BLPOP) never goes here. A caller cancelled after its call was queued does not
-    unsend it (as with any sent command).
+    its own reply or error. Calls made while a pipeline is in flight form the next one, sent at once
+    on another connection, up to ``in_flight`` pipelines at a time (so a slow reply does not hold up
+    the next batch). A blocking command (BLPOP) never goes here. A caller cancelled after its call
+    was queued does not unsend it (as with any sent command).
     """
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, in_flight: int = 4) -> None:
         self.client = client
         self.waiting: list[tuple[list[Callable[[Any], Any]], asyncio.Future[Any]]] = []
-        self.draining: asyncio.Task[None] | None = None
+        self.scheduled = False
+        self.slots = asyncio.Semaphore(in_flight)
+        self.sending: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak ones)
 
     async def call(self, adds: list[Callable[[Any], Any]], *, many: bool = False) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append((adds, future))
-        if self.draining is None:
-            self.draining = loop.create_task(self._drain())
+        if not self.scheduled:
+            self.scheduled = True
+            task = loop.create_task(self._send())
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
         replies = await future
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies if many else replies[0]
 
-    async def _drain(self) -> None:
-        try:
+    async def _send(self) -> None:
+        async with self.slots:
             await asyncio.sleep(0)  # the other coroutines that are ready add their calls first
-            while self.waiting:
-                batch, self.waiting = self.waiting, []
-                try:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for adds, _ in batch:
-                            for add in adds:
-                                add(pipe)
-                        replies = await pipe.execute(raise_on_error=False)
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                at = 0
-                for adds, future in batch:
-                    mine, at = replies[at:at + len(adds)], at + len(adds)
+            batch, self.waiting, self.scheduled = self.waiting, [], False
+            if not batch:
+                return
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for adds, _ in batch:
+                        for add in adds:
+                            add(pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                for _, future in batch:
                     if not future.done():
-                        future.set_result(mine)
-        finally:
-            self.draining = None
+                        future.set_exception(exc)
+                return
+            at = 0
+            for adds, future in batch:
+                mine, at = replies[at:at + len(adds)], at + len(adds)
+                if not future.done():
+                    future.set_result(mine)
 
 
 def _default_sleep(clock: Clock) -> Callable[[float], Awaitable[None]]:

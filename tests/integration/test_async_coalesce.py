@@ -1,7 +1,7 @@
 """The async face's auto-pipelining (``hearth.pool.effects.AsyncIO``, coalesce on), against a real redis-server.
 
 Coroutines that call Redis at the same time share pipelined round trips: 32 concurrent leases then
-use one connection, where without coalescing each takes its own; each call still gets its own
+use at most ``in_flight`` (4) connections, where without coalescing each takes its own; each call still gets its own
 reply, and one call's error stays that call's.
 """
 
@@ -58,9 +58,9 @@ def test_thirty_two_concurrent_leases_share_round_trips(redis_url: str, aio: asy
     ids = aio.run(main())
     assert len(set(ids)) == 32 and store.counts(POOL)[State.LEASED] == 32  # every caller its own container
     if coalesce:
-        assert opened == [1]  # the 32 leases went in pipelines over one connection
+        assert 1 <= opened[0] <= 4  # the 32 leases went in pipelines, at most 4 in flight
     else:
-        assert opened[0] > 1  # each concurrent call took its own connection
+        assert opened[0] > 4  # each concurrent call took its own connection
     client.close()
 
 

@@ -28,10 +28,11 @@ from celery import Celery
 
 from hearth.errors import ConfigError, HearthError, LeaseError, PoolEmpty
 from hearth.events import log_event
-from hearth.pool.effects import Command, Enqueue, Steps, SyncIO
+from hearth.pool.effects import Batch, Command, Enqueue, Steps, SyncIO
 from hearth.pool.leases import Lease, LeaseCore, ReleasedLease
 from hearth.pool.model import State
 from hearth.runtime import Runtime
+from hearth.sessions import Sessions
 from settings import Settings
 from tasks.app import create_app
 
@@ -72,8 +73,8 @@ class PoolsCore:
                 raise
             finally:
                 yield Command("zrem", (waiting_key, ident))
-        for command, args in costs.lease_counters(spec, self.rt.clock.now()):
-            yield Command(command, args)
+        # The counters are independent writes: one round trip for all (a lease is two round trips).
+        yield Batch(tuple(Command(command, args) for command, args in costs.lease_counters(spec, self.rt.clock.now())))
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got
@@ -146,6 +147,11 @@ class HearthPools:
 
     def _send(self, name: str, args: list[Any]) -> None:
         self.celery.send_task(name, args=args)
+
+    def sessions(self, **options: Any) -> Sessions:
+        """Sticky leases per conversation key on this process's runtime, enqueuing through its Celery
+        app; ``options`` as :class:`~hearth.sessions.Sessions` (``verify_after``...)."""
+        return Sessions(self.rt, self._send, **options)
 
     def lease(self, pool: str, *, ttl: float | None = None, wait: float | None = None,
               holder: str | None = None) -> Lease:

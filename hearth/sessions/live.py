@@ -35,6 +35,7 @@ from typing import Any
 from hearth.errors import Busy, ConfigError, Conflict, ContainerExpired, NotFound
 from hearth.events import log_event
 from hearth.files.lock import TokenFactory
+from hearth.pool.effects import Command, Steps
 from hearth.pool.model import State
 from hearth.runtime import Runtime
 from hearth.sessions.records import RecordStore, SessionRecord, still_ours
@@ -122,22 +123,32 @@ class LiveSaves:
         """Sessions on the schedule (one ZCARD)."""
         return int(self._cmd(self.rt.redis.zcard, self.due_key))
 
-    def period(self, pool: str) -> float:
+    def period_steps(self, pool: str) -> Steps[float]:
         """The pool's period, stretched by the rate limit (a ZCARD only when a limit is set)."""
         rpm = self.rt.settings.api_requests_per_minute
         base = self.base_period(pool)
-        return save_period(base, self.active() if rpm and base > 0 else 0, rpm)
+        active = int((yield Command("zcard", (self.due_key,)))) if rpm and base > 0 else 0
+        return save_period(base, active, rpm)
+
+    def schedule_steps(self, rec: SessionRecord, *, keep: bool = False) -> Steps[None]:
+        """Put the session on the schedule, due one period from now; ``keep``: leave an existing entry."""
+        period = yield from self.period_steps(rec.pool)
+        if period <= 0:
+            yield from self.unschedule_steps(rec.session_id)
+            return
+        yield Command("zadd", (self.due_key, {rec.session_id: self.rt.clock.now() + period}), {"nx": keep})
+
+    def unschedule_steps(self, sid: str) -> Steps[None]:
+        yield Command("zrem", (self.due_key, sid))
+
+    def period(self, pool: str) -> float:
+        return self.rt.leases.io.run(self.period_steps(pool))
 
     def schedule(self, rec: SessionRecord, *, keep: bool = False) -> None:
-        """Put the session on the schedule, due one period from now; ``keep``: leave an existing entry."""
-        period = self.period(rec.pool)
-        if period <= 0:
-            self.unschedule(rec.session_id)
-            return
-        self._cmd(self.rt.redis.zadd, self.due_key, {rec.session_id: self.rt.clock.now() + period}, nx=keep)
+        self.rt.leases.io.run(self.schedule_steps(rec, keep=keep))
 
     def unschedule(self, sid: str) -> None:
-        self._cmd(self.rt.redis.zrem, self.due_key, sid)
+        self.rt.leases.io.run(self.unschedule_steps(sid))
 
     def due_at(self, sid: str) -> float | None:
         score = self._cmd(self.rt.redis.zscore, self.due_key, sid)

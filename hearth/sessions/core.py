@@ -217,19 +217,36 @@ class Sessions:
         return self._lease_of(rec, renewed, restored=True, files=files, renamed=rec.renamed)
 
     def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Lease:
+        """A READY container of the pool for the session, counted as pool demand like any lease.
+
+        A bind takes a spare exactly as ``HearthPools.lease`` does, so ``buffer: auto`` must see it
+        in the arrival rate (else a pool that serves sessions is sized for less than it serves) and
+        a budget must keep a container for a bind that waits. Same-key turns (``_current``) take no
+        container and are not counted.
+        """
         rules = spec.lease
         ttl = self.idle_window(spec)
+        started = self.clock.now()
         got = self.rt.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
                                        holder="session", session_key_hash=sid)
-        if got is not None:
-            return got
-        if self.rt.redis.set(self.store.key("pending", "reconcile"), "1", nx=True, px=2000):
-            self.enqueue("hearth.reconcile", [])
-        return self.rt.leases.lease(
-            pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
-            wait_seconds=float(wait if wait is not None else rules.wait_seconds),
-            holder="session", session_key_hash=sid,
-        )
+        if got is None:
+            if self.rt.redis.set(self.store.key("pending", "reconcile"), "1", nx=True, px=2000):
+                self.enqueue("hearth.reconcile", [])
+            waited = float(wait if wait is not None else rules.wait_seconds)
+            waiting_key, ident = self.rt.costs.demand.key(pool, "waiting"), self.tokens()
+            self.rt.redis.zadd(waiting_key, {ident: started + waited})
+            try:
+                got = self.rt.leases.lease(
+                    pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds, wait_seconds=waited,
+                    holder="session", session_key_hash=sid,
+                )
+            finally:
+                self.rt.redis.zrem(waiting_key, ident)
+        pipe = self.rt.redis.pipeline(transaction=False)
+        for command, args in self.rt.costs.lease_counters(spec, self.clock.now()):
+            getattr(pipe, command)(*args)
+        pipe.execute()
+        return got
 
     def _let_go(self, rec: SessionRecord) -> None:
         """Before replacing the session's container: save what it still holds, and hand it to retire."""

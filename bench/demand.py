@@ -582,7 +582,7 @@ pools:
     min_ready: 1
     buffer: auto
     max_total: 60
-    lease: {{wait_seconds: 30}}
+    lease: {wait_seconds: 30}
     inputs:
       - path: inputs/*
 """
@@ -609,18 +609,29 @@ def real(args: argparse.Namespace) -> None:
             pools = HearthPools.from_settings(Settings())
             waits: list[float] = []
             failures: list[str] = []
-            cold = 0
+            colds: list[int] = []
             lock = threading.Lock()
+            # A lease found no READY container exactly when the lease path goes on to wait for a refill
+            # (``LeaseCore.lease`` after ``try_lease`` came back empty): count those calls.
+            core = pools.core.leases
+            waiting_lease = core.lease
+
+            def counted_lease(*a: Any, **kw: Any) -> Any:
+                with lock:
+                    colds.append(1)
+                return waiting_lease(*a, **kw)
+
+            core.lease = counted_lease  # type: ignore[method-assign]
             # Let the heartbeat make the first container, as a deployment would have before its day.
             deadline = time.monotonic() + 60
-            while not pools.rt.store.records("demand", State.READY) and time.monotonic() < deadline:
+            while not pools.rt.store.records("demand", State.READY):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no READY container after 60 s; see {root}/worker.log, heartbeat.log")
                 time.sleep(0.2)
             start = time.monotonic()
 
             def one(i: int) -> None:
-                nonlocal cold
                 t0 = time.monotonic()
-                warm = bool(pools.rt.store.records("demand", State.READY))
                 try:
                     lease = pools.lease("demand")
                 except Exception as exc:  # counted and printed: the run goes on
@@ -631,7 +642,6 @@ def real(args: argparse.Namespace) -> None:
                 took = time.monotonic() - t0
                 with lock:
                     waits.append(took)
-                    cold += 0 if warm else 1
                 time.sleep(trace.holds[i])
                 pools.release(lease.container_id, lease.lease_id)
 
@@ -648,6 +658,10 @@ def real(args: argparse.Namespace) -> None:
             # Let the pool settle (released containers harvested and deleted), then meter.
             time.sleep(3 * args.interval)
             ran = time.monotonic() - start
+            view = pools.rt.costs.demand.view("demand", pools.rt.clock.now())
+            samples = [float(s) for s in pools.rt.redis.lrange(pools.rt.costs.demand.key("demand", "ready"), 0, -1)]
+            if args.save_ready:
+                Path(args.save_ready).write_text(json.dumps(samples))
             pools.close()
             cost = subprocess.run([sys.executable, "-m", "worker.cli", "cost", "--since", "1h", "--json"], cwd=REPO,
                                   env=clean_env(env), capture_output=True, text=True, timeout=120)
@@ -657,12 +671,15 @@ def real(args: argparse.Namespace) -> None:
             status = subprocess.run([sys.executable, "-m", "worker.cli", "status"], cwd=REPO,
                                     env={**clean_env(env), "COLUMNS": "160"}, capture_output=True, text=True,
                                     timeout=120)
+    cold = len(colds)
     result = Result("auto (real)", waits=waits, cold=cold, gave_up=len(failures))
     rows = json.loads(cost.stdout) if cost.returncode == 0 else None
     print()
     print(f"ran {ran / 60:.1f} min, {len(trace.arrivals)} leases; lease call to container in hand:")
     print(f"  wait p50 {result.pct(0.5):.3f} s, p99 {result.pct(0.99):.3f} s, max {max(waits):.3f} s; "
-          f"cold (no READY record when the lease was called) {cold}; failed {len(failures)}")
+          f"cold (found no READY container, waited for a refill) {cold}; failed {len(failures)}")
+    print(f"DemandStore at the end: {view.to_json()}; create->READY samples (s): "
+          f"median {statistics.median(samples) if samples else 0:.2f}, max {max(samples) if samples else 0:.2f}")
     for f in failures[:5]:
         print(f"    {f}")
     if rows is None:

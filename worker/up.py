@@ -4,7 +4,8 @@ A new user runs one command and sees pools fill. The supervisor starts what is n
 an embedded ``redis-server`` (unless ``HEARTH_REDIS_URL``) and the local Containers API in a thread
 (unless an API backend is configured) — then a ``hearth worker`` and a ``hearth heartbeat`` as child
 processes pointed at them, writes ``<data_dir>/up.json`` so every other ``hearth`` command with the
-same settings finds them, and shows a live status until Ctrl-C or SIGTERM.
+same settings finds them, and shows a live status (per pool: sizes, the burn rate in $/h and why a
+paused pool is paused) until Ctrl-C or SIGTERM.
 
 Children run in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which
 then stops them in order) and their output goes to ``<data_dir>/logs/<name>.log`` so it does not

@@ -91,7 +91,8 @@ class DemandStore:
         new = int(leases - fields.get("seen", 0.0))
         fast = RateEstimate(fields.get("fast_rate", 0.0), fields.get("fast_at", now))
         slow = RateEstimate(fields.get("slow_rate", 0.0), fields.get("slow_at", now))
-        recent = recent_rate(new, fast.at, now, window=self.recent_window)
+        # The last interval's rate needs the time of the last fold; before the first one it is unknown.
+        recent = recent_rate(new, fast.at, now, window=self.recent_window) if "fast_at" in fields else 0.0
         if new > 0 or commit:
             fast = fast.observe(now, self.fast_tau, max(0, new))
             slow = slow.observe(now, self.slow_tau, max(0, new))

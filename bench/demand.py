@@ -344,6 +344,7 @@ class Simulation:
                 self.bill(box, now)
             elif kind == "give_up" and payload not in self.gave_up and any(i == payload for _, i in self.waiters):
                 self.gave_up.add(payload)
+                self.waiters = deque(w for w in self.waiters if w[1] != payload)
                 self.out.gave_up += 1
                 self.out.waits.append(self.rules.wait_seconds)  # PoolEmpty after waiting it all
         for box in list(self.boxes.values()):  # still alive at the end: billed until then

@@ -70,14 +70,17 @@ class Costs:
     """Metering, demand and budgets of every pool under one key prefix."""
 
     def __init__(self, redis_client: redis.Redis, *, prices: PriceTable, prefix: str = "hearth",
-                 retention_days: float = 35.0, budget: Budget | None = None, fast_tau: float = 60.0,
-                 slow_tau: float = 900.0, ready_default: float = 10.0) -> None:
+                 retention_days: float = 35.0, budget: Budget | None = None, fast_tau: float = 20.0,
+                 slow_tau: float = 900.0, ready_default: float = 10.0, replenish_seconds: float = 0.0) -> None:
+        """``replenish_seconds``: the heartbeat interval, how long a taken spare may wait before its
+        replacement is asked for (``sizing.spares_for``)."""
         self.redis = redis_client
         self.prices = prices
         self.default_budget = budget
+        self.replenish_seconds = replenish_seconds
         self.ledger = CostLedger(redis_client, prices, prefix=prefix, retention_days=retention_days)
         self.demand = DemandStore(redis_client, prefix=prefix, fast_tau=fast_tau, slow_tau=slow_tau,
-                                  ready_default=ready_default)
+                                  ready_default=ready_default, recent_window=replenish_seconds or 10.0)
         self._over: dict[str, bool] = {}  # last verdict per pool: one log line per change, not per tick
 
     def __repr__(self) -> str:
@@ -113,7 +116,8 @@ class Costs:
         auto = AutoBuffer(spec.demand.target_wait_seconds, spec.demand.percentile) if buffer == "auto" else None
         sizing = size_pool(min_ready=min_ready, buffer=None if auto else int(buffer), max_total=spec.max_total,
                            leased=leased, waiting=demand.waiting, rate=demand.rate,
-                           ready_seconds=demand.ready_seconds, auto=auto, budget=verdict)
+                           ready_seconds=demand.ready_seconds, auto=auto, budget=verdict,
+                           replenish_seconds=self.replenish_seconds)
         if commit:
             self._publish_refusal(spec.name, verdict)
         if commit and self._over.get(spec.name, False) != verdict.over:

@@ -77,7 +77,8 @@ class Runtime:
         self.costs = Costs(redis_client, prices=settings.prices, prefix=settings.key_prefix,
                            retention_days=settings.cost_retention_days, budget=global_budget,
                            fast_tau=settings.demand_fast_tau, slow_tau=settings.demand_slow_tau,
-                           ready_default=settings.demand_ready_default)
+                           ready_default=settings.demand_ready_default,
+                           replenish_seconds=settings.heartbeat_interval)
         self.harvester = Harvester(client, self.clock)
         self._pools = _PoolsCache()
         # Why the pools file on disk is not the one in use (None: it is).

@@ -194,7 +194,8 @@ class Settings(BaseSettings):
         35.0, description="How long hourly cost aggregates stay in Redis, days. Default 35."
     )
     demand_fast_tau: Annotated[float, Field(gt=0)] = Field(
-        60.0, description="Time constant of the fast lease-rate estimate of `buffer: auto`, s. Default 60."
+        20.0, description="Time constant of the fast lease-rate estimate of `buffer: auto` (how fast a rise is "
+        "followed), s. Default 20.",
     )
     demand_slow_tau: Annotated[float, Field(gt=0)] = Field(
         900.0, description="Time constant of the slow lease-rate estimate (how long a spike is remembered), s. "

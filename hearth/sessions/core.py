@@ -26,7 +26,7 @@ from hearth.files.harvest import HarvestPolicy, HarvestReport
 from hearth.files.lock import TokenFactory, random_token
 from hearth.files.storage import StorageTarget
 from hearth.operations import all_but_inputs_policy, pinned_target
-from hearth.pool.effects import Command, Offload, Steps, SyncIO
+from hearth.pool.effects import Batch, Command, Offload, Steps, SyncIO
 from hearth.pool.effects import Enqueue as Send
 from hearth.pool.leases import Lease
 from hearth.pool.model import ContainerRecord, State
@@ -214,19 +214,34 @@ class SessionsCore:
         return self._lease_of(rec, renewed, restored=True, files=files, renamed=rec.renamed)
 
     def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Steps[Lease]:
+        """A READY container of the pool for the session, counted as pool demand like any lease.
+
+        A bind takes a spare exactly as ``HearthPools.lease`` does, so ``buffer: auto`` must see it
+        in the arrival rate (else a pool that serves sessions is sized for less than it serves) and
+        a budget must keep a container for a bind that waits. Same-key turns (``_current``) take no
+        container and are not counted.
+        """
         rules = spec.lease
         ttl = self.idle_window(spec)
+        started = self.clock.now()
+        costs = self.rt.costs
         got = yield from self.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
                                                holder="session", session_key_hash=sid)
-        if got is not None:
-            return got
-        if (yield Command("set", (self.store.key("pending", "reconcile"), "1"), {"nx": True, "px": 2000})):
-            yield Send("hearth.reconcile", [])
-        return (yield from self.leases.lease(
-            pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
-            wait_seconds=float(wait if wait is not None else rules.wait_seconds),
-            holder="session", session_key_hash=sid,
-        ))
+        if got is None:
+            if (yield Command("set", (self.store.key("pending", "reconcile"), "1"), {"nx": True, "px": 2000})):
+                yield Send("hearth.reconcile", [])
+            waited = float(wait if wait is not None else rules.wait_seconds)
+            waiting_key, ident = costs.demand.key(pool, "waiting"), self.tokens()
+            yield Command("zadd", (waiting_key, {ident: started + waited}))
+            try:
+                got = yield from self.leases.lease(
+                    pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds, wait_seconds=waited,
+                    holder="session", session_key_hash=sid,
+                )
+            finally:
+                yield Command("zrem", (waiting_key, ident))
+        yield Batch(tuple(Command(command, args) for command, args in costs.lease_counters(spec, self.clock.now())))
+        return got
 
     def _let_go(self, rec: SessionRecord) -> Steps[None]:
         """Before replacing the session's container: save what it still holds, and hand it to retire."""

@@ -57,6 +57,10 @@ LOCK_TTL = 900.0  # s: the longest one upload may take before another process ma
 LOCK_WAIT = 30.0  # s a provision waits for another process's upload before retrying later (Busy)
 LOCK_POLL = 0.1  # s between looks at a lock held by another process
 
+_SET_FALLBACK = (  # the first reason and time stay; 1 when this is news
+    "if redis.call('hget', KEYS[1], 'digest') == ARGV[1] then return 0 end "
+    "redis.call('hset', KEYS[1], 'digest', ARGV[1], 'reason', ARGV[2], 'at', ARGV[3]) return 1"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -330,12 +334,9 @@ class Staging:
 
     def set_fallback(self, pool: str, digest: str, reason: str) -> bool:
         """Record that ``pool`` streams its inputs; True when this is news (the caller warns once)."""
-        key = self.key("fallback", pool)
-        pipe = self.redis.pipeline()
-        pipe.hget(key, "digest")
-        pipe.hset(key, mapping={"reason": reason, "at": repr(self.clock.now()), "digest": digest})
-        before, _ = pipe.execute()
-        return before is None or before.decode() != digest
+        # One script, so that of concurrent provisions noticing it only one hears it is news.
+        before = self.redis.eval(_SET_FALLBACK, 1, self.key("fallback", pool), digest, reason, repr(self.clock.now()))
+        return bool(before)
 
     def clear_fallback(self, pool: str) -> None:
         self.redis.delete(self.key("fallback", pool))

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     orphan_grace: Annotated[float, Field(ge=0)] = Field(
         300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
     )
+    staged_grace: Annotated[float, Field(ge=0)] = Field(
+        3600.0,
+        description="How long a staged input (a Files-API copy of a pool input) that no pool uses any more is "
+        "kept before `hearth gc` or the heartbeat deletes it, s. Default 3600.",
+    )
     session_idle: Annotated[float, Field(gt=0)] = Field(
         1800.0,
         description="A session's idle window, s: its lease lapses (harvest, retire) when unused this long; "

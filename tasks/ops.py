@@ -91,6 +91,12 @@ def delete_orphan(self: Task, container_id: str, name: str) -> dict[str, Any]:
     return run(self, lambda: Operations(current_runtime()).delete_orphan(container_id, name).to_json())
 
 
+@shared_task(name="hearth.gc_staged", **COMMON)
+def gc_staged(self: Task) -> dict[str, Any]:
+    """Delete staged inputs (Files-API copies of pool inputs) that no pool has used for the grace."""
+    return run(self, lambda: Operations(current_runtime()).gc_staged())
+
+
 @shared_task(name="hearth.harvest", **COMMON)
 def harvest(self: Task, container_id: str, to: str | None = None) -> dict[str, Any]:
     """Copy a container's outputs to storage; apps call it by name with a container id."""

@@ -32,6 +32,7 @@ from worker.observability import monitored_tick, setup_observability
 log = logging.getLogger(__name__)
 
 ORPHAN_SCAN_EVERY = 6  # ticks between remote listings (orphans, lost containers)
+STAGED_GC_EVERY = 300.0  # s between collections of staged inputs no pool uses (the grace is HEARTH_STAGED_GRACE)
 
 
 class Heartbeat:
@@ -89,6 +90,14 @@ class Heartbeat:
                 log_event(log, "heartbeat.tick", actions=len(applied),
                           kinds=",".join(sorted({a["kind"] for a in applied})))
 
+    def collect_staged(self) -> None:
+        """Have a worker delete staged inputs no pool uses any more (after the grace); leader only."""
+        try:
+            if self.leader.is_leader:
+                self.enqueue("hearth.gc_staged", [])
+        except Exception:
+            log.exception("heartbeat: staged-inputs collection not scheduled")
+
     def stop(self) -> None:
         try:
             self.leader.release()
@@ -107,6 +116,8 @@ def run_heartbeat(settings: Settings | None = None, *, stop_event: threading.Eve
     scheduler = BlockingScheduler(timezone="UTC")
     scheduler.add_job(beat.tick, "interval", seconds=settings.heartbeat_interval, id="tick",
                       max_instances=1, coalesce=True, next_run_time=_now_utc())
+    scheduler.add_job(beat.collect_staged, "interval", seconds=STAGED_GC_EVERY, id="staged_gc",
+                      max_instances=1, coalesce=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("heartbeat: signal %d, stopping", signum)

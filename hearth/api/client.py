@@ -218,6 +218,12 @@ class ContainersClient:
         """The create-body fields this backend forwards (None: all); see ``Dialect.create_fields``."""
         return self._dialect.create_fields
 
+    @property
+    def copies_create_file_ids(self) -> bool:
+        """Whether a create's ``file_ids`` reach the backend and are copied (dialect flag and forwarded fields)."""
+        fields = self.create_fields
+        return self._dialect.copies_create_file_ids and (fields is None or "file_ids" in fields)
+
     def __repr__(self) -> str:
         key = "***" if self._key is not None else None
         return f"ContainersClient(base_url={self.base_url!r}, dialect={self._dialect.name!r}, api_key={key!r})"

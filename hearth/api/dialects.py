@@ -27,6 +27,10 @@ class Dialect:
     forwards_name_filter: bool = True
     # Whether ``POST /containers/{id}/files`` with JSON ``{"file_id": …}`` reaches the backend.
     supports_file_id_copy: bool = True
+    # Whether a create's ``file_ids`` are copied into the container. Where they are, pool inputs are
+    # staged once in the Files API and copied server-side (``hearth.files.staging``); a backend that
+    # cannot is given ``False`` here and gets today's streamed per-container uploads.
+    copies_create_file_ids: bool = True
     # The create-body fields the backend forwards (None: all). A pool that needs a field left out
     # here is refused before any create (LiteLLM's /v1 routes drop memory_limit, network_policy
     # and skills silently, GATEWAYS.md §2.6), instead of getting containers unlike its spec.

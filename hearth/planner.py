@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ from hearth.pool.reconcile import (
     reconcile,
 )
 from hearth.pool.store import BreakerState, BreakerStatus
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions.live import LiveSaves
 from settings.pools import PoolSpec
@@ -194,11 +195,18 @@ class Planner:
             if c.name.startswith(prefix)
         ]
 
-    def plan(self, now: float | None = None, *, remote: list[RemoteContainer] | None = None) -> list[PoolPlan]:
+    def plan(self, now: float | None = None, *, remote: list[RemoteContainer] | None = None,
+             only: Iterable[str] | None = None) -> list[PoolPlan]:
+        """Plans of every pool; ``only``: of those pools of the pools file alone (a fill request:
+        no removed pools, no orphans)."""
         now = self.rt.clock.now() if now is None else now
         store = self.rt.store
         pools = self.rt.pools().pools
         plans: list[PoolPlan] = []
+        if only is not None:
+            wanted = set(only)
+            return [self._plan_pool(spec, store.records(name), now, None)
+                    for name, spec in pools.items() if name in wanted]
         for name, spec in pools.items():
             plans.append(self._plan_pool(spec, store.records(name), now, remote))
         # Pools removed from the pools file: let go of their idle containers, keep leased ones.
@@ -444,13 +452,22 @@ def _session_saves(runtime: Runtime, enqueue: Enqueue) -> list[dict[str, Any]]:
         return []
 
 
+def _release(runtime: Runtime, key: str, token: str) -> None:
+    # Release only our own lock (a tick that outlived lock_ttl must not free another's).
+    runtime.redis.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+        1, key, token,
+    )
+
+
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
          lock_ttl: float = 60.0, rng: random.Random | None = None,
          still_leader: Callable[[], bool] | None = None) -> list[dict[str, Any]] | None:
     """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
 
-    The heartbeat leader and on-demand reconciles (``hearth.reconcile``, a lease waiting on an
-    empty pool) may overlap; the lock keeps two planners from provisioning the same gap twice.
+    The heartbeat leader and on-demand reconciles (``hearth.reconcile``, ``hearth.reconcile_pool``)
+    may overlap; the lock keeps two planners from provisioning the same gap twice. Fill requests
+    made meanwhile (``hearth.pool.wanted``) are served right after, before this returns.
     """
     rng = rng or random.Random()
     key = runtime.store.key("lock", "tick")
@@ -462,15 +479,44 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
             held = runtime.redis.get(key) == token.encode()
             return held and (still_leader is None or still_leader())
 
+        FillRequests(runtime.store).take()  # every pool is planned now: requests so far are served
         done = Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
             Planner(runtime, commit=True).plan(remote=remote)
         )
         done.extend(_session_saves(runtime, enqueue))
-        return done
     finally:
-        # Release only our own lock (a tick that outlived lock_ttl must not free another's).
-        runtime.redis.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1, key, token,
-        )
+        _release(runtime, key, token)
+    done.extend(reconcile_wanted(runtime, enqueue, lock_ttl=lock_ttl, rng=rng) or [])
+    return done
 
+
+def reconcile_wanted(runtime: Runtime, enqueue: Enqueue, *, lock_ttl: float = 60.0,
+                     rng: random.Random | None = None) -> list[dict[str, Any]] | None:
+    """Plan and apply the pools a fill was asked for (``FillRequests``), until none is left.
+
+    None when another planner holds the lock and something is still wanted: that planner looks
+    again when it lets go (as this one does), and the caller may try again shortly. The planner
+    that serves a request does not meter or fold demand (``commit=False``): the heartbeat's ticks
+    own that, so an extra reconcile never shortens their windows.
+    """
+    rng = rng or random.Random()
+    requests = FillRequests(runtime.store)
+    key = runtime.store.key("lock", "tick")
+    done: list[dict[str, Any]] = []
+    while requests.waiting():
+        token = f"{rng.getrandbits(64):x}"
+        if not runtime.redis.set(key, token, nx=True, px=int(lock_ttl * 1000)):
+            return None
+        try:
+            def still_current(token: str = token) -> bool:
+                return bool(runtime.redis.get(key) == token.encode())
+
+            pools = requests.take()
+            if pools:
+                log_event(log, "pools.fill_requested", pools=",".join(pools))
+                done.extend(Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
+                    Planner(runtime).plan(only=pools)
+                ))
+        finally:
+            _release(runtime, key, token)
+    return done

@@ -61,11 +61,12 @@ class PoolsCore:
             if refused is not None:  # a hard budget: waiting would be for nothing
                 self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
                 raise PoolEmpty(f"pool {pool!r}: {refused.decode() if isinstance(refused, bytes) else refused}")
-            yield from FillRequests(self.rt.store).ask_steps(pool)
-            # Registered while waiting, so a budget keeps a container for this caller.
+            # Registered while waiting, so a budget keeps a container for this caller; then the
+            # fill request, so the reconcile it starts already counts this caller.
             waiting_key, ident = costs.demand.key(pool, "waiting"), secrets.token_hex(8)
             yield Command("zadd", (waiting_key, {ident: started + wait}))
             try:
+                yield from FillRequests(self.rt.store).ask_steps(pool)
                 got = yield from self.leases.lease(pool, ttl=ttl, min_remaining=minimum, wait_seconds=wait,
                                                    holder=holder)
             except PoolEmpty:

@@ -237,7 +237,7 @@ class Planner:
 
     def _view(self, spec: PoolSpec, now: float, digest: str, surplus: int = 0) -> PoolView | None:
         """The pool through its indexes (``PoolStore.view``); None when every record must be read:
-        the counters are not started yet (they are now), or a rotation is under way."""
+        the counters are not started yet (a tick starts them now), or a rotation is under way."""
         store = self.rt.store
         expires = spec.container.expires_after_minutes
         margin = min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0)
@@ -248,7 +248,8 @@ class Planner:
             surplus=surplus, lapsed_before=now, harvest_before=None if every is None else now - every,
         )
         if not view.started:
-            store.recount(spec.name)
+            if self.commit:  # the tick starts them; `hearth plan` and `status` write nothing
+                store.recount(spec.name)
             return None
         if any(d != digest for d in view.digests):
             return None  # READY containers with other inputs: rotation ranks all of them

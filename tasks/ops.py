@@ -17,7 +17,8 @@ from celery import Task, shared_task
 
 from hearth.errors import HearthError, RateLimited
 from hearth.operations import Operations
-from hearth.planner import tick
+from hearth.planner import reconcile_wanted, tick
+from hearth.pool.wanted import FillRequests
 from tasks.runtime import current_runtime
 
 T = TypeVar("T")
@@ -110,13 +111,37 @@ def harvest(self: Task, container_id: str, to: str | None = None) -> dict[str, A
     return run(self, go)
 
 
+LOCK_RETRY_SECONDS = 0.25  # another planner holds the lock: it serves the request when done; look again soon
+LOCK_RETRIES = 480  # two minutes of a busy lock, then the heartbeat's next tick has it anyway
+
+
 @shared_task(name="hearth.reconcile", **COMMON)
 def reconcile(self: Task) -> dict[str, Any]:
     """One reconcile of every pool, on demand (the heartbeat does the same every tick)."""
 
     def go() -> dict[str, Any]:
-        applied = tick(current_runtime(), enqueue)
+        rt = current_runtime()
+        applied = tick(rt, enqueue)
+        if applied is None:  # a tick is running: ask for every pool, so it is not lost to that tick
+            FillRequests(rt.store).ask(rt.pools().pools)
+            applied = reconcile_wanted(rt, enqueue)
         return {"ran": applied is not None, "applied": applied or []}
+
+    return run(self, go)
+
+
+@shared_task(name="hearth.reconcile_pool", **COMMON)
+def reconcile_pool(self: Task, pool: str) -> dict[str, Any]:
+    """Serve fill requests now (``hearth.pool.wanted``): a lease on an empty pool, ``hearth fill``,
+    an edited pools file. Deduplicated per pool by the asker; every wanted pool is planned."""
+
+    def go() -> dict[str, Any]:
+        rt = current_runtime()
+        FillRequests(rt.store).started(pool)
+        applied = reconcile_wanted(rt, enqueue)
+        if applied is None:
+            raise self.retry(countdown=LOCK_RETRY_SECONDS, max_retries=LOCK_RETRIES)
+        return {"pool": pool, "applied": applied}
 
     return run(self, go)
 

@@ -31,6 +31,7 @@ from hearth.events import log_event
 from hearth.pool.effects import Batch, Command, Enqueue, Steps, SyncIO
 from hearth.pool.leases import Lease, LeaseCore, ReleasedLease
 from hearth.pool.model import State
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions import Sessions
 from settings import Settings
@@ -61,11 +62,12 @@ class PoolsCore:
             if refused is not None:  # a hard budget: waiting would be for nothing
                 self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
                 raise PoolEmpty(f"pool {pool!r}: {refused.decode() if isinstance(refused, bytes) else refused}")
-            yield from self._ask_for_refill()
-            # Registered while waiting, so a budget keeps a container for this caller.
+            # Registered while waiting, so a budget keeps a container for this caller; then the
+            # fill request, so the reconcile it starts already counts this caller.
             waiting_key, ident = costs.demand.key(pool, "waiting"), secrets.token_hex(8)
             yield Command("zadd", (waiting_key, {ident: started + wait}))
             try:
+                yield from FillRequests(self.rt.store).ask_steps(pool)
                 got = yield from self.leases.lease(pool, ttl=ttl, min_remaining=minimum, wait_seconds=wait,
                                                    holder=holder)
             except PoolEmpty:
@@ -78,12 +80,6 @@ class PoolsCore:
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got
-
-    def _ask_for_refill(self) -> Steps[None]:
-        # One reconcile request per 2 s across every process, however many callers find the pool empty.
-        key = self.rt.store.key("pending", "reconcile")
-        if (yield Command("set", (key, "1"), {"nx": True, "px": 2000})):
-            yield Enqueue("hearth.reconcile", [])
 
     def release(self, container_id: str, lease_id: str, *, reuse: bool | None) -> Steps[ReleasedLease]:
         record = yield from self.leases.by_container_id(container_id)

@@ -30,6 +30,7 @@ from hearth.pool.effects import Batch, Command, Offload, Steps, SyncIO
 from hearth.pool.effects import Enqueue as Send
 from hearth.pool.leases import Lease
 from hearth.pool.model import ContainerRecord, State
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions import restore as restoring
 from hearth.sessions.live import LiveSaves
@@ -228,12 +229,12 @@ class SessionsCore:
         got = yield from self.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
                                                holder="session", session_key_hash=sid)
         if got is None:
-            if (yield Command("set", (self.store.key("pending", "reconcile"), "1"), {"nx": True, "px": 2000})):
-                yield Send("hearth.reconcile", [])
+            # Registered as waiting first, so the fill it asks for already counts this bind.
             waited = float(wait if wait is not None else rules.wait_seconds)
             waiting_key, ident = costs.demand.key(pool, "waiting"), self.tokens()
             yield Command("zadd", (waiting_key, {ident: started + waited}))
             try:
+                yield from FillRequests(self.store).ask_steps(pool)
                 got = yield from self.leases.lease(
                     pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds, wait_seconds=waited,
                     holder="session", session_key_hash=sid,

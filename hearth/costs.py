@@ -26,8 +26,9 @@ import redis
 from hearth.events import Observer, log_event
 from hearth.pool.demand import DemandStore, DemandView
 from hearth.pool.metering import CATEGORIES, CostLedger, PoolCost, burn_rate, projected_usd
-from hearth.pool.model import ContainerRecord
+from hearth.pool.model import ContainerRecord, State
 from hearth.pool.sizing import AutoBuffer, BudgetVerdict, Sizing, size_pool
+from hearth.pool.store import MeterAdvance, PoolView
 from settings.pools import Budget, PoolSpec
 from settings.prices import PriceTable
 
@@ -70,14 +71,17 @@ class Costs:
     """Metering, demand and budgets of every pool under one key prefix."""
 
     def __init__(self, redis_client: redis.Redis, *, prices: PriceTable, prefix: str = "hearth",
-                 retention_days: float = 35.0, budget: Budget | None = None, fast_tau: float = 60.0,
-                 slow_tau: float = 900.0, ready_default: float = 10.0) -> None:
+                 retention_days: float = 35.0, budget: Budget | None = None, fast_tau: float = 20.0,
+                 slow_tau: float = 900.0, ready_default: float = 10.0, replenish_seconds: float = 0.0) -> None:
+        """``replenish_seconds``: the heartbeat interval, how long a taken spare may wait before its
+        replacement is asked for (``sizing.spares_for``)."""
         self.redis = redis_client
         self.prices = prices
         self.default_budget = budget
+        self.replenish_seconds = replenish_seconds
         self.ledger = CostLedger(redis_client, prices, prefix=prefix, retention_days=retention_days)
         self.demand = DemandStore(redis_client, prefix=prefix, fast_tau=fast_tau, slow_tau=slow_tau,
-                                  ready_default=ready_default)
+                                  ready_default=ready_default, recent_window=replenish_seconds or 10.0)
         self._over: dict[str, bool] = {}  # last verdict per pool: one log line per change, not per tick
 
     def __repr__(self) -> str:
@@ -95,12 +99,34 @@ class Costs:
                      burn_usd_per_hour=burn_rate(records, price),
                      budget_usd_per_day=budget.usd_per_day if budget else None, hard=bool(budget and budget.hard))
 
+    def spend_counted(self, spec: PoolSpec, view: PoolView, now: float) -> Spend:
+        """As :meth:`spend`, from the pool's counters instead of every record: the burn is the count
+        of billed containers, the projection the sum of their deadlines less now, plus what the
+        overdue ones (all read by the view: something is due for them) would add below zero.
+        Equal to :meth:`spend` when a container's minimum ends before its deadline (an expiry at
+        least the price's minimum: 20 against 5 minutes by default)."""
+        price = self.prices.tier(spec.container.memory_limit)
+        overdue = sum(now - r.deadline for r in view.records
+                      if r.deadline is not None and r.deadline < now and r.container_id is not None
+                      and r.state not in (State.GONE, State.EXPIRED))
+        remaining = view.deadline_sum - view.deadline_count * now + overdue
+        return self._spend(spec, now, projected=price.usd(max(0.0, remaining)),
+                           burn=view.meter.total * price.usd_per_hour)
+
+    def _spend(self, spec: PoolSpec, now: float, *, projected: float, burn: float) -> Spend:
+        midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        today = sum(row.usd for row in self.ledger.read([spec.name], midnight, now))
+        budget = self.budget_of(spec)
+        return Spend(today_usd=today, projected_usd=projected, burn_usd_per_hour=burn,
+                     budget_usd_per_day=budget.usd_per_day if budget else None, hard=bool(budget and budget.hard))
+
     def size(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float, *, min_ready: int,
-             buffer: int | str, leased: int, commit: bool = False) -> PoolSizing:
+             buffer: int | str, leased: int, commit: bool = False, spend: Spend | None = None) -> PoolSizing:
         """The pool's READY target now. ``commit`` (the heartbeat's tick only) updates the demand
-        estimate and logs a budget change; ``hearth plan`` and ``status`` leave both alone."""
+        estimate and logs a budget change; ``hearth plan`` and ``status`` leave both alone.
+        ``spend``: already known (from the counters); else computed from ``records``."""
         demand = self.demand.view(spec.name, now, commit=commit)
-        spend = self.spend(spec, records, now)
+        spend = spend if spend is not None else self.spend(spec, records, now)
         verdict = BudgetVerdict()
         # One more container would cost at least its idle expiry: over when that would not fit.
         price = self.prices.tier(spec.container.memory_limit)
@@ -113,7 +139,8 @@ class Costs:
         auto = AutoBuffer(spec.demand.target_wait_seconds, spec.demand.percentile) if buffer == "auto" else None
         sizing = size_pool(min_ready=min_ready, buffer=None if auto else int(buffer), max_total=spec.max_total,
                            leased=leased, waiting=demand.waiting, rate=demand.rate,
-                           ready_seconds=demand.ready_seconds, auto=auto, budget=verdict)
+                           ready_seconds=demand.ready_seconds, auto=auto, budget=verdict,
+                           replenish_seconds=self.replenish_seconds)
         if commit:
             self._publish_refusal(spec.name, verdict)
         if commit and self._over.get(spec.name, False) != verdict.over:
@@ -153,14 +180,24 @@ class Costs:
         if accrual.spans or accrual.minimum_usd:
             observer.cost(spec.name, tier, {c: accrual.seconds(c) for c in CATEGORIES}, usd)
 
+    def meter_counted(self, spec: PoolSpec, advance: MeterAdvance, observer: Observer) -> None:
+        """Bill one tick's advance of the pool's counters (``PoolStore.meter_advance``)."""
+        tier = spec.container.memory_limit
+        accrual = self.ledger.bill(spec.name, tier, advance)
+        usd = self.prices.tier(tier).usd(accrual.seconds()) + sum(d for _, d in accrual.minimum_usd)
+        if accrual.spans or accrual.minimum_usd:
+            observer.cost(spec.name, tier, {c: accrual.seconds(c) for c in CATEGORIES}, usd)
+
     def lease_counters(self, spec: PoolSpec, now: float) -> list[tuple[str, tuple[Any, ...]]]:
         """The Redis commands that count one lease (demand rate, leases served): the lease faces run
         them, so the sync and the async face count alike."""
         bucket = self.ledger.bucket_key(spec.name, now)
+        hour = bucket.rsplit(":", 1)[-1]
         return [
             ("hincrby", (self.demand.key(spec.name), "leases", 1)),
             ("hincrby", (bucket, f"leases:{spec.container.memory_limit}", 1)),
             ("expire", (bucket, self.ledger.retention)),
+            ("zadd", (self.ledger.hours_key(spec.name), {hour: (now // 3600) * 3600})),
         ]
 
     def report(self, pools: Iterable[str], since: float, now: float) -> list[PoolCost]:

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hearth.api.models import Container, ContainerFile, CreateContainerRequest
 from hearth.errors import (
@@ -35,6 +35,16 @@ from hearth.events import log_event, redact_text
 from hearth.files.harvest import HarvestPolicy, HarvestProgress, HarvestReport, ProgressCallback
 from hearth.files.inputs import InputItem, glob_literal, input_paths, split_file_ids, sync_inputs
 from hearth.files.lock import HarvestLock, TokenFactory
+from hearth.files.staging import (
+    InputRefused,
+    StagedFile,
+    file_ids_refused,
+    in_use_keys,
+    missing_copies,
+    refused_index,
+    stage_key,
+    stageable,
+)
 from hearth.files.storage import StorageTarget
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
@@ -42,6 +52,7 @@ from settings.pools import ContainerOptions, NetworkPolicyAllowlist, OutputRules
 
 log = logging.getLogger(__name__)
 
+E = TypeVar("E", bound=HearthError)
 LIVE = (State.READY, State.LEASED)
 MAX_HARVEST_ATTEMPTS = 20  # failed harvest tries (each a task retry with backoff) before a retire gives up
 
@@ -89,7 +100,7 @@ _API_DEFAULT_EXPIRES_MINUTES = 20
 # The fix, when a route drops create fields: LiteLLM's /v1 routes drop them, its /openai
 # pass-through forwards every field (GATEWAYS.md §2.6).
 ROUTE_FIX = ("use a route that forwards every create field (for LiteLLM its /openai pass-through, "
-             "HEARTH_API_BASE=http://<proxy>/openai), or ask for less in the pool")
+             "HEARTH_GATEWAY_ROUTES=passthrough), or ask for less in the pool")
 
 
 def asked_create_fields(options: ContainerOptions, file_ids: list[str]) -> dict[str, str]:
@@ -227,7 +238,13 @@ class Operations:
     # --- provision ---------------------------------------------------------------------------------
 
     def provision(self, name: str) -> Outcome:
-        """Create the container of intent ``name`` (or adopt it), copy its inputs, verify, mark READY."""
+        """Create the container of intent ``name`` (or adopt it), copy its inputs, verify, mark READY.
+
+        Where the backend copies ``file_ids``, the pool's inputs are staged once (``hearth.files.staging``)
+        and the container is created with them: two requests, the create and one listing to verify.
+        Otherwise (a dialect that cannot, a create refusing ``file_ids``, copies that do not appear)
+        the pool falls back to streaming its inputs into each container, as before staging existed.
+        """
         record = self.store.get(name)
         if record is None or record.state not in (State.CREATING, State.SEEDING):
             return Outcome(name, "provision", record.state.value if record else None, "nothing to do")
@@ -238,20 +255,26 @@ class Operations:
             raise
         items, digest = self.rt.inputs(spec)
         file_ids, _ = split_file_ids(items)
+        copy = self._copies(record.pool, items, digest)
+        created: Container | None = None
+        staged: list[StagedFile] = []
+        sent = False  # staged file ids went out in this provision's own create
 
         if record.state is State.CREATING:
-            record, created = self._create(record, spec, file_ids, digest)
+            record, created, staged, sent = self._create(record, spec, items, file_ids, digest, copy=copy)
             if record.state is State.FAILED:
                 return Outcome(name, "provision", State.FAILED.value, record.error or "")
             # Checked before any input is copied in: a container unlike its spec is never seeded.
             rejected = self._check_spec(record, spec, created)
             if rejected is not None:
                 return rejected
+        elif copy:
+            staged = self._staged_now(items)  # a retried provision: verify what its create carried
         if record.container_id is None:
             raise Conflict(f"{name}: SEEDING without a container id")
         try:
-            sync_inputs(self.client, record.container_id, items, file_ids_at_create=bool(file_ids))
-            container = self.client.retrieve_container(record.container_id)
+            container = self._seed(record, items, file_ids, digest, copy=copy, created=created, staged=staged,
+                                   sent=sent)
         except (ContainerExpired, NotFound) as exc:
             self.store.fail(name, State.SEEDING, f"container lost while seeding: {reason(exc)}")
             return Outcome(name, "provision", State.FAILED.value, reason(exc))
@@ -279,11 +302,64 @@ class Operations:
         self.rt.observer.event("container.ready", pool=record.pool, container_id=ready.container_id)
         return Outcome(name, "provision", ready.state.value, ready.container_id or "")
 
+    def _copies(self, pool: str, items: list[InputItem], digest: str) -> bool:
+        """Whether this pool's containers get their inputs copied server-side (else streamed)."""
+        if not stageable(items):
+            return True  # nothing to stage: the pool's own file ids go in the create either way
+        if not self.client.copies_create_file_ids:
+            self._fall_back(pool, digest, f"the {self.client.dialect} API route does not copy create file_ids")
+            return False
+        return self.rt.staging.fallback(pool, digest) is None
+
+    def _fall_back(self, pool: str, digest: str, why: str) -> None:
+        """Stream this pool's inputs from now on (until its inputs change); one warning per change."""
+        if self.rt.staging.set_fallback(pool, digest, why):
+            log_event(log, "pool.inputs_streamed", level=logging.WARNING, pool=pool, reason=why,
+                      fix="inputs are uploaded into each container instead of copied by file_ids")
+            self.rt.observer.event("pool.inputs_streamed", pool=pool)
+
+    def _seed(
+        self, record: ContainerRecord, items: list[InputItem], file_ids: list[str], digest: str, *, copy: bool,
+        created: Container | None, staged: list[StagedFile], sent: bool,
+    ) -> Container:
+        """Make the container hold the pool's inputs; the container as last seen (for its deadline)."""
+        cid = record.container_id
+        assert cid is not None
+        if copy:
+            # One listing shows whether the copies are there (name and size); the create's answer
+            # already carries last_active_at and the expiry, so no retrieve.
+            expected = [(s.name, s.file_id, s.size) for s in staged]
+            for fid in file_ids:
+                filename, size = self.rt.staging.file_meta(fid)
+                expected.append((filename, fid, size))
+            missing = missing_copies(list(self.client.list_files(cid, order="asc")), expected) if expected else []
+            if not missing and (staged or not stageable(items)):
+                return created if created is not None else self.client.retrieve_container(cid)
+            if missing and sent and staged:
+                self._fall_back(record.pool, digest, f"create file_ids were not copied ({', '.join(missing)} "
+                                                      "missing from the container)")
+        # Streamed: what is already there is kept, the rest uploaded, then all verified.
+        sync_inputs(self.client, cid, items, file_ids_at_create=bool(file_ids))
+        return self.client.retrieve_container(cid)
+
+    def _stage(self, record: ContainerRecord, spec: PoolSpec, items: list[InputItem]) -> list[StagedFile]:
+        """The pool's inputs staged (uploaded once, by whichever process comes first)."""
+        try:
+            return self.rt.staging.stage_all(items)
+        except InputRefused as exc:
+            # The Files API will never take this input: the pool pauses (its live containers stay and
+            # are kept alive), naming the input, until its spec changes; other pools go on.
+            raise self._refuse(record, spec, exc) from None
+
     def _create(
-        self, record: ContainerRecord, spec: PoolSpec, file_ids: list[str], digest: str
-    ) -> tuple[ContainerRecord, Container | None]:
-        """The record SEEDING with its container (created or adopted), or FAILED with no container."""
+        self, record: ContainerRecord, spec: PoolSpec, items: list[InputItem], file_ids: list[str], digest: str,
+        *, copy: bool,
+    ) -> tuple[ContainerRecord, Container | None, list[StagedFile], bool]:
+        """The record SEEDING with its container (created or adopted), or FAILED with no container;
+        with the staged files its create carried, and whether this call's own create sent them."""
         name = record.name
+        staged: list[StagedFile] = []
+        sent = False
         # A retried provision (crash after the create, before the record update) adopts by name.
         existing = self.client.find_container_by_name(name) if record.attempts > 0 else None
         self.store.update(name, State.CREATING, attempts=record.attempts + 1, inputs_digest=digest)
@@ -292,7 +368,8 @@ class Operations:
                 breaker = self.store.breaker_state(record.pool)
                 if breaker.permanent:
                     # Paused until the spec or the environment changes: retrying this task cannot help.
-                    return self.store.fail(name, State.CREATING, f"not created: {breaker.describe()}"), None
+                    return (self.store.fail(name, State.CREATING, f"not created: {breaker.describe()}"), None,
+                            [], False)
                 raise HearthError(f"pool {record.pool}: breaker open, create deferred", temporary=True)
             asked = asked_create_fields(spec.container, file_ids)
             dropped = dropped_create_fields(asked, self.client.create_fields)
@@ -306,10 +383,11 @@ class Operations:
             except PoolsFileError as exc:
                 raise self._refuse(record, spec, ConfigError(str(exc), where=f"pool {record.pool}"),
                                    env=missing_secret_vars(spec.container, self.env)) from None
-            if file_ids:
-                body["file_ids"] = file_ids
+            if copy:
+                staged = self._stage(record, spec, items)
             try:
-                existing = self.client.create_container(CreateContainerRequest.model_validate(body))
+                existing, staged = self._send_create(record, body, items, file_ids, staged, digest)
+                sent = bool(staged)
             except HearthError as exc:
                 if exc.temporary:
                     self.store.record_create_failure(record.pool, reason(exc))
@@ -324,6 +402,8 @@ class Operations:
                     # cannot see change: pause for one cool-down, then the usual probe.
                     self.store.open_breaker(record.pool, f"create failed: {reason(exc)}", permanent=False)
                 raise
+        elif copy:
+            staged = self._staged_now(items)  # adopted: what its create carried is verified
         seeding = self.store.transition(
             name,
             State.CREATING,
@@ -332,11 +412,66 @@ class Operations:
             bound_at=self.clock.now(),
             deadline=self._deadline(existing, record),
         )
-        return seeding, existing
+        return seeding, existing, staged, sent
+
+    def _staged_now(self, items: list[InputItem]) -> list[StagedFile]:
+        """The inputs' staged files as the registry has them ([] unless all are: then the seeding
+        streams what is missing)."""
+        want = stageable(items)
+        staged = [s for s in (self.rt.staging.get(stage_key(i)) for i in want) if s is not None]
+        return staged if len(staged) == len(want) else []
+
+    def _send_create(
+        self, record: ContainerRecord, body: dict[str, Any], items: list[InputItem], file_ids: list[str],
+        staged: list[StagedFile], digest: str,
+    ) -> tuple[Container, list[StagedFile]]:
+        """``POST /containers`` with the pool's file ids and its staged ones.
+
+        A staged file the API no longer has is staged again (once, for every process) and the create
+        sent once more; a create refusing ``file_ids`` altogether is sent again without the staged
+        ones and the pool falls back to streaming. Anything else is raised as it came.
+        """
+        for attempt in (1, 2):
+            ids = file_ids + [s.file_id for s in staged]
+            if ids:
+                body["file_ids"] = ids
+            else:
+                body.pop("file_ids", None)
+            try:
+                return self.client.create_container(CreateContainerRequest.model_validate(body)), staged
+            except (NotFound, BadRequest) as exc:
+                if attempt == 2 or not staged or not file_ids_refused(exc):
+                    raise
+                gone = self._gone(exc, file_ids, staged)
+                if gone is None:
+                    raise  # the pool's own file id is at fault: as before staging
+                if gone:
+                    by_key = {stage_key(i): i for i in stageable(items)}
+                    staged = [self.rt.staging.restage(by_key[s.key], s.file_id) if s in gone else s for s in staged]
+                else:
+                    self._fall_back(record.pool, digest, f"create refused file_ids: {reason(exc)}")
+                    staged = []
+        raise AssertionError("unreachable")
+
+    def _gone(self, exc: APIError, file_ids: list[str], staged: list[StagedFile]) -> list[StagedFile] | None:
+        """Which staged files a create refusal is about: those the API no longer has ([] when all are
+        there: the backend refuses file_ids as such); None when it names one of the pool's own ids."""
+        index = refused_index(exc)
+        if index is not None and index < len(file_ids):
+            return None
+        if index is not None and index - len(file_ids) < len(staged) and isinstance(exc, NotFound):
+            return [staged[index - len(file_ids)]]
+        gone: list[StagedFile] = []
+        for s in staged:
+            try:
+                self.client.retrieve_input_file(s.file_id)
+            except NotFound:
+                gone.append(s)
+        return gone
 
     def _refuse(
-        self, record: ContainerRecord, spec: PoolSpec, exc: ConfigError, *, env: list[str] | None = None
-    ) -> ConfigError:
+        self, record: ContainerRecord, spec: PoolSpec, exc: E, *, env: list[str] | None = None
+    ) -> E:
         """Nothing was sent: the pool's spec (or the environment it reads) cannot make a container.
         Fail the intent and pause the pool until its spec or those variables change."""
         self.store.fail(record.name, State.CREATING, f"not created: {reason(exc)}")
@@ -373,6 +508,28 @@ class Operations:
     def _deadline(self, container: Container, record: ContainerRecord) -> float:
         at = container.expires_at()
         return at if at is not None else self.clock.now() + record.expires_minutes * 60
+
+    # --- staged inputs ---------------------------------------------------------------------------
+
+    def gc_staged(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Delete staged inputs no pool uses after the grace (``HEARTH_STAGED_GRACE``); what was found.
+
+        While some pool's inputs cannot be read, what it uses is unknown, so nothing is marked or
+        deleted (that pool's staged files must not go while it is being fixed).
+        """
+        staging = self.rt.staging
+        by_pool: dict[str, list[InputItem]] = {}
+        unknown: list[str] = []
+        for name, spec in self.rt.pools().pools.items():
+            try:
+                by_pool[name] = self.rt.inputs(spec)[0]
+            except HearthError as exc:
+                unknown.append(f"{name}: {reason(exc)}")
+        if unknown:
+            log.warning("staged inputs not collected: the inputs of %s cannot be read", "; ".join(unknown))
+            dry_run = True
+        found = staging.collect(in_use_keys(by_pool), dry_run=dry_run)
+        return {**found.to_json(), "grace": staging.grace, "dry_run": dry_run, "skipped_because": unknown}
 
     # --- refresh -----------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
@@ -32,11 +32,13 @@ from hearth.pool.reconcile import (
     Refresh,
     RemoteContainer,
     Retire,
+    Unread,
     find_orphans,
     ready_target,
     reconcile,
 )
-from hearth.pool.store import BreakerState, BreakerStatus
+from hearth.pool.store import BreakerState, BreakerStatus, PoolView
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions.live import LiveSaves
 from settings.pools import PoolSpec
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, list[Any]], None]
 DEFAULT_STUCK_TIMEOUT = 900.0  # harvest/delete work without progress this long is issued again, s
+COUNTER_CHECK_SECONDS = 3600  # a pool's counters are compared with a full recount this often
+_CHECKED: dict[tuple[str, str], float] = {}  # (prefix, pool) -> when this process last looked
 SPEC_CHANGED = "the pool's spec changed"  # a breaker_retry; any other one is an environment change
 
 
@@ -85,6 +89,9 @@ class PoolPlan:
     breaker_permanent: bool = False
     breaker_retry: str | None = None
     breaker_opened_at: float | None = None
+    # Intents the pool had when planned (a provision applied later subtracts those written since).
+    intents_seen: int = 0
+    read: int = 0  # records the plan read (a steady pool: only those something is due for)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,9 +134,13 @@ def harvest_due(spec: PoolSpec, records: Sequence[ContainerRecord], now: float) 
 class Planner:
     """Reads the pools file and the records; produces a :class:`PoolPlan` per pool."""
 
-    def __init__(self, runtime: Runtime, *, commit: bool = False, env: Mapping[str, str] | None = None) -> None:
-        """``env``: where the planner looks for the variables a paused pool lacked (default ``os.environ``)."""
+    def __init__(self, runtime: Runtime, *, commit: bool = False, env: Mapping[str, str] | None = None,
+                 full_read: bool = False) -> None:
+        """``env``: where the planner looks for the variables a paused pool lacked (default ``os.environ``).
+        ``full_read``: read every record of every pool and meter from them (the path before the
+        indexes; ``bench/tick.py`` measures it as the baseline)."""
         self.rt = runtime
+        self.full_read = full_read
         # Only the tick commits (meters container time, folds new leases into the demand estimate);
         # `hearth plan` and `status` plan with commit=False and change nothing.
         self.commit = commit
@@ -194,13 +205,19 @@ class Planner:
             if c.name.startswith(prefix)
         ]
 
-    def plan(self, now: float | None = None, *, remote: list[RemoteContainer] | None = None) -> list[PoolPlan]:
+    def plan(self, now: float | None = None, *, remote: list[RemoteContainer] | None = None,
+             only: Iterable[str] | None = None) -> list[PoolPlan]:
+        """Plans of every pool; ``only``: of those pools of the pools file alone (a fill request:
+        no removed pools, no orphans)."""
         now = self.rt.clock.now() if now is None else now
         store = self.rt.store
         pools = self.rt.pools().pools
         plans: list[PoolPlan] = []
-        for name, spec in pools.items():
-            plans.append(self._plan_pool(spec, store.records(name), now, remote))
+        if only is not None:
+            wanted = set(only)
+            return [self._plan_pool(spec, now, None) for name, spec in pools.items() if name in wanted]
+        for spec in pools.values():
+            plans.append(self._plan_pool(spec, now, remote))
         # Pools removed from the pools file: let go of their idle containers, keep leased ones.
         for name in sorted(set(store.pools()) - set(pools)):
             records = store.records(name)
@@ -218,35 +235,80 @@ class Planner:
             plans.extend(self._orphans(plans, remote, now))
         return plans
 
-    def _plan_pool(
-        self, spec: PoolSpec, records: list[ContainerRecord], now: float, remote: list[RemoteContainer] | None
-    ) -> PoolPlan:
+    def _view(self, spec: PoolSpec, now: float, digest: str, surplus: int = 0) -> PoolView | None:
+        """The pool through its indexes (``PoolStore.view``); None when every record must be read:
+        the counters are not started yet (a tick starts them now), or a rotation is under way."""
         store = self.rt.store
-        draining = self.draining(spec.name)
-        breaker = store.breaker_state(spec.name)
-        retry = self.retry_reason(spec, breaker)
-        breaker_open = breaker.state is BreakerState.OPEN and retry is None
+        expires = spec.container.expires_after_minutes
+        margin = min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0)
+        every = spec.outputs.every_seconds
+        view = store.view(
+            spec.name, now, ready_horizon=now + margin,
+            leased_horizon=now + max(margin, float(spec.outputs.before_expiry_margin_seconds)),
+            surplus=surplus, lapsed_before=now, harvest_before=None if every is None else now - every,
+        )
+        if not view.started:
+            if self.commit:  # the tick starts them; `hearth plan` and `status` write nothing
+                store.recount(spec.name)
+            return None
+        if any(d != digest for d in view.digests):
+            return None  # READY containers with other inputs: rotation ranks all of them
+        return view
+
+    def _plan_pool(self, spec: PoolSpec, now: float, remote: list[RemoteContainer] | None) -> PoolPlan:
+        store = self.rt.store
         error: str | None = None
+        digest: str | None = None
         try:
             _, digest = self.rt.inputs(spec)
         except HearthError as exc:
             # One pool's broken input must not stop keepalive anywhere: keep what its containers
             # hold (no rotation), create nothing new, and say why.
             error = f"inputs: {exc}"
+        view: PoolView | None = None
+        if remote is None and not self.full_read and digest is not None:
+            view = self._view(spec, now, digest)
+        if view is not None and view.breaker is not None:
+            # One script read the records, the counts, the breaker, the drain mark and the intents.
+            draining, breaker, intents = view.draining, view.breaker, view.intents
+            records = view.records
+        else:
+            draining = self.draining(spec.name)
+            breaker = store.breaker_state(spec.name)
+            intents = store.intents_written(spec.name)  # before the records: a provision never fills twice
+            records = store.records(spec.name)
+        retry = self.retry_reason(spec, breaker)
+        breaker_open = (breaker.state is BreakerState.OPEN and retry is None) or error is not None
+        if digest is None:
             digest = _common_digest(records)
-            breaker_open = True
+        counts_by_state = view.counts if view is not None else _state_counts(records)
         sized: PoolSizing | None = None
         if not draining:
             min_ready, buffer = spec.sizes_at(now)
-            leased = sum(1 for r in records if r.state is State.LEASED)
+            leased = counts_by_state[State.LEASED]
+            spent = self.rt.costs.spend_counted(spec, view, now) if view is not None else None
             sized = self.rt.costs.size(spec, records, now, min_ready=min_ready, buffer=buffer, leased=leased,
-                                       commit=self.commit)
+                                       commit=self.commit, spend=spent)
             breaker_open = breaker_open or not sized.sizing.creates_allowed
             if self.commit:
                 self.rt.observer.spend(spec.name, sized.spend.burn_usd_per_hour, sized.budget.over)
-        if self.commit:
-            self.rt.costs.meter(spec, records, now, self.rt.observer)
         desired = self.desired(spec, now, digest=digest, draining=draining, sized=sized)
+        if view is not None:
+            # Surplus READY beyond what the view read: read the ones with the least life, by name.
+            lapsed = sum(1 for r in view.records if r.lease_lapsed(now, desired.lease_grace))
+            surplus = view.counts[State.READY] - ready_target(desired, view.counts[State.LEASED] - lapsed)
+            if surplus > sum(1 for r in view.records if r.state is State.READY):
+                view = self._view(spec, now, digest, surplus=surplus) or view
+                records = view.records
+                counts_by_state = view.counts
+        if self.commit:
+            self._meter(spec, records, now, counted=view is not None)
+        unread = Unread()
+        if view is not None:
+            unread = Unread(
+                ready=max(0, view.counts[State.READY] - sum(1 for r in records if r.state is State.READY)),
+                leased=max(0, view.counts[State.LEASED] - sum(1 for r in records if r.state is State.LEASED)),
+            )
         actions: list[Action] = reconcile(
             desired,
             records,
@@ -254,9 +316,10 @@ class Planner:
             remote=remote,
             breaker_open=breaker_open,
             max_provision=1 if breaker.state is BreakerState.HALF_OPEN or retry is not None else None,
+            unread=unread,
         )
         actions.extend(harvest_due(spec, records, now))
-        counts = _counts(records)
+        counts = {state.value.lower(): n for state, n in counts_by_state.items() if n}
         change = spec.next_schedule_change(now)
         return PoolPlan(
             pool=spec.name,
@@ -276,7 +339,46 @@ class Planner:
             breaker_permanent=breaker.permanent,
             breaker_retry=retry,
             breaker_opened_at=breaker.opened_at,
+            intents_seen=intents,
+            read=len(records),
         )
+
+    def _meter(self, spec: PoolSpec, records: list[ContainerRecord], now: float, *, counted: bool) -> None:
+        """Bill the pool's container time since its previous tick: from the counters (count x
+        elapsed, kept by the scripts), or from every record on the full-read path."""
+        store, costs = self.rt.store, self.rt.costs
+        if self.full_read:
+            costs.meter(spec, records, now, self.rt.observer)
+            return
+        retention = costs.ledger.retention
+        advance = store.meter_advance(spec.name, now, retention=retention)
+        if advance is None:
+            store.recount(spec.name)
+            advance = store.meter_advance(spec.name, now, retention=retention)
+        if advance is not None and advance.first:
+            # The counters' clock starts now; up to now, bill once from the records (the old mark),
+            # so that nothing between the last record-based tick and this one is lost.
+            costs.meter(spec, store.records(spec.name) if counted else records, now, self.rt.observer)
+            return
+        if advance is not None:
+            costs.meter_counted(spec, advance, self.rt.observer)
+            self._check_counters(spec.name)
+
+    def _check_counters(self, pool: str) -> None:
+        """Now and then (``COUNTER_CHECK_EVERY`` ticks of a pool), compare the counters with a full
+        recount and repair them: they change only inside the scripts, so a mismatch means data was
+        edited by hand or a script was cut short; logged, and repaired at once."""
+        now = self.rt.clock.now()
+        local = _CHECKED.get((self.rt.store.prefix, pool))
+        if local is not None and now - local < COUNTER_CHECK_SECONDS:
+            return  # this process checked lately (no round trip); across processes the key decides
+        _CHECKED[(self.rt.store.prefix, pool)] = now
+        key = self.rt.store.pool_key(pool, "checked")
+        if not self.rt.redis.set(key, "1", nx=True, ex=COUNTER_CHECK_SECONDS):
+            return
+        if not self.rt.store.counters_match(pool):
+            log_event(log, "pool.counters_repaired", pool=pool, level=logging.WARNING)
+            self.rt.store.recount(pool)
 
     def _orphans(self, plans: list[PoolPlan], remote: list[RemoteContainer], now: float) -> list[PoolPlan]:
         """Orphans of pools that no per-pool plan covered (e.g. a pool removed from the file)."""
@@ -304,6 +406,13 @@ def _common_digest(records: Sequence[ContainerRecord]) -> str:
     return max(set(digests), key=digests.count) if digests else ""
 
 
+def _state_counts(records: Sequence[ContainerRecord]) -> dict[State, int]:
+    counts = dict.fromkeys(State, 0)
+    for r in records:
+        counts[r.state] += 1
+    return counts
+
+
 def _counts(records: Sequence[ContainerRecord]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in records:
@@ -324,15 +433,37 @@ class Applier:
         # Checked before every provision: a tick that outlived its lock (or its leader lease) must
         # not fill a gap that a newer tick is filling too.
         self.still_current = still_current or (lambda: True)
+        self._claimed: dict[str, bool] = {}  # pending marks set ahead (``_claim``), by key
 
     def _once(self, kind: str, ref: str) -> bool:
         """True the first time within ``pending_ttl``: a task already queued is not queued again."""
         key = self.rt.store.key("pending", kind, ref)
+        claimed = self._claimed.pop(key, None)
+        if claimed is not None:
+            return claimed
         return bool(self.rt.redis.set(key, "1", nx=True, px=max(1, int(self.pending_ttl * 1000))))
+
+    def _claim(self, plan: PoolPlan) -> None:
+        """The pending marks of a plan's refreshes and harvests in one round trip (a steady tick's
+        actions are nearly all refreshes: one SET NX each would be a round trip each)."""
+        keys = [self.rt.store.key("pending", "refresh", a.name) for a in plan.actions if isinstance(a, Refresh)]
+        keys += [self.rt.store.key("pending", "harvest", a.container_id) for a in plan.actions
+                 if isinstance(a, HarvestDue)]
+        if len(keys) < 2:
+            return
+        pipe = self.rt.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, "1", nx=True, px=max(1, int(self.pending_ttl * 1000)))
+        for key, got in zip(keys, self.rt.store._cmd(pipe.execute), strict=True):
+            self._claimed[key] = bool(got)
 
     def apply(self, plans: Sequence[PoolPlan]) -> list[dict[str, Any]]:
         done: list[dict[str, Any]] = []
         for plan in plans:
+            try:
+                self._claim(plan)
+            except HearthError as exc:
+                log.warning("could not mark %s's refreshes pending: %s", plan.pool, exc)
             for action in plan.actions:
                 try:
                     if isinstance(action, Provision):
@@ -358,10 +489,10 @@ class Applier:
     def _still_needed(self, action: Provision, plan: PoolPlan) -> Provision:
         """The provision less what was provisioned since the plan was made (a stale or repeated plan
         must not fill one gap twice), and never past ``max_total``."""
-        now = {r.name for r in self.rt.store.records(action.pool) if r.state is not State.GONE}
-        then = {name for name, state in plan.seen.items() if state is not State.GONE}
-        added = len(now - then)
-        room = plan.max_total - len(now) if plan.max_total else action.count
+        store = self.rt.store
+        added = store.intents_written(action.pool) - plan.intents_seen
+        live = sum(n for state, n in store.counts(action.pool).items() if state is not State.GONE)
+        room = plan.max_total - live if plan.max_total else action.count
         return Provision(pool=action.pool, count=max(0, min(action.count - added, room)))
 
     def _apply(self, action: Action, seen: State | None) -> bool:
@@ -444,13 +575,22 @@ def _session_saves(runtime: Runtime, enqueue: Enqueue) -> list[dict[str, Any]]:
         return []
 
 
+def _release(runtime: Runtime, key: str, token: str) -> None:
+    # Release only our own lock (a tick that outlived lock_ttl must not free another's).
+    runtime.redis.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+        1, key, token,
+    )
+
+
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
          lock_ttl: float = 60.0, rng: random.Random | None = None,
          still_leader: Callable[[], bool] | None = None) -> list[dict[str, Any]] | None:
     """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
 
-    The heartbeat leader and on-demand reconciles (``hearth.reconcile``, a lease waiting on an
-    empty pool) may overlap; the lock keeps two planners from provisioning the same gap twice.
+    The heartbeat leader and on-demand reconciles (``hearth.reconcile``, ``hearth.reconcile_pool``)
+    may overlap; the lock keeps two planners from provisioning the same gap twice. Fill requests
+    made meanwhile (``hearth.pool.wanted``) are served right after, before this returns.
     """
     rng = rng or random.Random()
     key = runtime.store.key("lock", "tick")
@@ -462,15 +602,44 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
             held = runtime.redis.get(key) == token.encode()
             return held and (still_leader is None or still_leader())
 
+        FillRequests(runtime.store).take()  # every pool is planned now: requests so far are served
         done = Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
             Planner(runtime, commit=True).plan(remote=remote)
         )
         done.extend(_session_saves(runtime, enqueue))
-        return done
     finally:
-        # Release only our own lock (a tick that outlived lock_ttl must not free another's).
-        runtime.redis.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1, key, token,
-        )
+        _release(runtime, key, token)
+    done.extend(reconcile_wanted(runtime, enqueue, lock_ttl=lock_ttl, rng=rng) or [])
+    return done
 
+
+def reconcile_wanted(runtime: Runtime, enqueue: Enqueue, *, lock_ttl: float = 60.0,
+                     rng: random.Random | None = None) -> list[dict[str, Any]] | None:
+    """Plan and apply the pools a fill was asked for (``FillRequests``), until none is left.
+
+    None when another planner holds the lock and something is still wanted: that planner looks
+    again when it lets go (as this one does), and the caller may try again shortly. The planner
+    that serves a request does not meter or fold demand (``commit=False``): the heartbeat's ticks
+    own that, so an extra reconcile never shortens their windows.
+    """
+    rng = rng or random.Random()
+    requests = FillRequests(runtime.store)
+    key = runtime.store.key("lock", "tick")
+    done: list[dict[str, Any]] = []
+    while requests.waiting():
+        token = f"{rng.getrandbits(64):x}"
+        if not runtime.redis.set(key, token, nx=True, px=int(lock_ttl * 1000)):
+            return None
+        try:
+            def still_current(token: str = token) -> bool:
+                return bool(runtime.redis.get(key) == token.encode())
+
+            pools = requests.take()
+            if pools:
+                log_event(log, "pools.fill_requested", pools=",".join(pools))
+                done.extend(Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
+                    Planner(runtime).plan(only=pools)
+                ))
+        finally:
+            _release(runtime, key, token)
+    return done

@@ -25,6 +25,7 @@ from hearth.errors import ConfigError
 from hearth.events import NullObserver, Observer, log_event
 from hearth.files.harvest import Harvester
 from hearth.files.inputs import InputItem, inputs_digest, resolve_inputs
+from hearth.files.staging import Staging
 from hearth.pool.leases import Leases
 from hearth.pool.store import BreakerPolicy, PoolStore
 from settings import Settings, load_pools
@@ -77,8 +78,12 @@ class Runtime:
         self.costs = Costs(redis_client, prices=settings.prices, prefix=settings.key_prefix,
                            retention_days=settings.cost_retention_days, budget=global_budget,
                            fast_tau=settings.demand_fast_tau, slow_tau=settings.demand_slow_tau,
-                           ready_default=settings.demand_ready_default)
+                           ready_default=settings.demand_ready_default,
+                           replenish_seconds=settings.heartbeat_interval)
         self.harvester = Harvester(client, self.clock)
+        # Pool inputs uploaded once to the Files API and copied into containers at create.
+        self.staging = Staging(redis_client, client, self.clock, prefix=settings.key_prefix,
+                               grace=settings.staged_grace)
         self._pools = _PoolsCache()
         # Why the pools file on disk is not the one in use (None: it is).
         self.pools_error: str | None = None

@@ -26,6 +26,7 @@ class Backend(StrEnum):
     openai = "openai"
     azure = "azure"
     gateway = "gateway"
+    litellm = "litellm"
 
 
 class Settings(BaseSettings):
@@ -39,14 +40,17 @@ class Settings(BaseSettings):
 
     # --- backend ---------------------------------------------------------------------------
     backend: Backend = Field(
-        Backend.local, description="Which Containers API to use: local | openai | azure | gateway. Default local."
+        Backend.local,
+        description="Which Containers API to use: local | openai | azure | gateway (Bifrost) | litellm. Default local.",
     )
     api_base: str | None = Field(
         None,
         description=(
             "Base URL of the API. Default per backend: local http://127.0.0.1:8650/v1, openai "
             "https://api.openai.com/v1; azure wants the resource endpoint (…/openai/v1 is added); "
-            "gateway wants the gateway's base (e.g. http://localhost:8080/openai/v1)."
+            "gateway wants Bifrost's OpenAI base (http://localhost:8080/openai/v1); litellm wants the proxy's "
+            "address (http://localhost:4000; a /v1, /openai or /openai/v1 suffix is ignored: "
+            "HEARTH_GATEWAY_ROUTES picks the route)."
         ),
     )
     api_key: SecretStr | None = Field(
@@ -62,6 +66,15 @@ class Settings(BaseSettings):
     )
     gateway_provider: str = Field(
         "openai", description="Provider a gateway should route to (body on create, query elsewhere). Default openai."
+    )
+    gateway_routes: Literal["containers", "passthrough"] = Field(
+        "containers",
+        description=(
+            "Which LiteLLM routes the litellm backend uses: containers (its /v1/containers routes; they drop "
+            "memory_limit, network_policy and skills on create and the list name filter, so a pool that needs "
+            "one is refused) | passthrough (its /openai pass-through, which forwards every field). "
+            "Default containers."
+        ),
     )
     api_timeout: Annotated[float, Field(gt=0)] = Field(60.0, description="HTTP timeout per request, s. Default 60.")
     api_max_retries: Annotated[int, Field(ge=0)] = Field(
@@ -92,7 +105,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".hearth"), description="Where embedded parts (Redis, local API) keep their data. Default ./.hearth."
     )
-    key_prefix: str = Field("hearth", description="Prefix of every Redis key Hearth writes. Default hearth.")
+    key_prefix: str = Field(
+        "hearth",
+        description="Prefix of every Redis key Hearth writes, the broker's included: one deployment per prefix in a "
+        "Redis database. Not empty, no spaces or glob characters (* ? [ ] \\). Default hearth.",
+    )
     name_prefix: str = Field(
         "hearth", description="Prefix of the names of containers Hearth creates (orphan detection). Default hearth."
     )
@@ -107,8 +124,21 @@ class Settings(BaseSettings):
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
         8, description="Tasks run at once per `hearth worker` (threads or processes). Default 8."
     )
+    worker_health_interval: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="Seconds between a worker's writes of its health key (`hearth check`). Default 5."
+    )
+    worker_health_ttl: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="Lifetime of a worker's health key, s: a worker killed or stalled counts as dead this long "
+        "after its last write; must exceed HEARTH_WORKER_HEALTH_INTERVAL. Default 15.",
+    )
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="Celery pool: threads suit Hearth's I/O-bound tasks. Default threads."
+    )
+    broker_transport: Literal["hearth", "kombu"] = Field(
+        "hearth",
+        description="Debugging switch: `kombu` runs workers on kombu's stock Redis transport, which a Redis "
+        "restart under a held task stops (tasks/broker.py). Default hearth.",
     )
     task_visibility_timeout: Annotated[int, Field(ge=10)] = Field(
         600, description="Seconds before a task whose worker vanished is redelivered. Default 600."
@@ -128,6 +158,11 @@ class Settings(BaseSettings):
     )
     orphan_grace: Annotated[float, Field(ge=0)] = Field(
         300.0, description="Age before an unowned prefixed container is deleted, s. Default 300."
+    )
+    staged_grace: Annotated[float, Field(ge=0)] = Field(
+        3600.0,
+        description="How long a staged input (a Files-API copy of a pool input) that no pool uses any more is "
+        "kept before `hearth gc` or the heartbeat deletes it, s. Default 3600.",
     )
     session_idle: Annotated[float, Field(gt=0)] = Field(
         1800.0,
@@ -164,7 +199,8 @@ class Settings(BaseSettings):
         35.0, description="How long hourly cost aggregates stay in Redis, days. Default 35."
     )
     demand_fast_tau: Annotated[float, Field(gt=0)] = Field(
-        60.0, description="Time constant of the fast lease-rate estimate of `buffer: auto`, s. Default 60."
+        20.0, description="Time constant of the fast lease-rate estimate of `buffer: auto` (how fast a rise is "
+        "followed), s. Default 20.",
     )
     demand_slow_tau: Annotated[float, Field(gt=0)] = Field(
         900.0, description="Time constant of the slow lease-rate estimate (how long a spike is remembered), s. "
@@ -191,6 +227,15 @@ class Settings(BaseSettings):
         description="Sentry DSN; enables error reporting and heartbeat check-ins. Default none.",
     )
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _plain_key_prefix(cls, prefix: str) -> str:
+        # The broker subscribes to its fanout with PSUBSCRIBE <prefix>…: a glob character in the prefix
+        # would match another deployment's channels.
+        if not prefix or any(c.isspace() or c in "*?[]\\" for c in prefix):
+            raise ValueError("HEARTH_KEY_PREFIX must be non-empty, without spaces or glob characters (* ? [ ] \\)")
+        return prefix
+
     @field_validator("storage_url")
     @classmethod
     def _no_credentials_in_storage_url(cls, url: str | None) -> str | None:
@@ -199,6 +244,15 @@ class Settings(BaseSettings):
         if url is not None and url_has_credentials(url):
             raise ValueError(CREDENTIALS_IN_URL)
         return url
+
+    @model_validator(mode="after")
+    def _health_ttl_outlives_interval(self) -> Settings:
+        if self.worker_health_ttl <= self.worker_health_interval:
+            raise ValueError(
+                "HEARTH_WORKER_HEALTH_TTL must exceed HEARTH_WORKER_HEALTH_INTERVAL, or a live worker's "
+                "health key expires between two writes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fall_back_to_openai_key(self) -> Settings:

@@ -16,12 +16,17 @@ from celery import Celery
 from kombu import Queue
 
 from settings import Settings
+from tasks.health import WorkerHealth
 
 # kombu's Redis transport with the restore of held messages made safe on a lost connection (see
-# tasks/broker.py). A module constant so a test can run a worker on kombu's own ("redis") and watch
-# it die on a Redis restart: the proof the workaround still matters.
+# tasks/broker.py). ``HEARTH_BROKER_TRANSPORT=kombu`` (a debugging switch) selects kombu's own ("redis")
+# instead: a test runs a worker on it and watches it die on a Redis restart, the proof the workaround
+# still matters, and whoever suspects the workaround can rule it out.
 BROKER_TRANSPORT = "tasks.broker:Transport"
+BROKER_TRANSPORTS = {"hearth": BROKER_TRANSPORT, "kombu": "redis"}
 BROKER_SCHEMES = ("redis", "rediss")
+# Celery's AMQP glue with a connection that retries a lost broker every few seconds (tasks/broker.py).
+BROKER_AMQP = "tasks.broker:AMQP"
 
 DEFAULT_QUEUE = "hearth"
 KEEPALIVE_QUEUE = "hearth.keepalive"
@@ -110,12 +115,12 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def transport_config(url: str) -> dict[str, Any]:
-    """Hearth's transport for Redis URLs; any other broker keeps kombu's choice."""
+def transport_config(url: str, transport: str = "hearth") -> dict[str, Any]:
+    """Hearth's transport (or, by ``transport``, kombu's own) for Redis URLs; any other broker keeps kombu's choice."""
     parts = urlsplit(url)
     if parts.scheme not in BROKER_SCHEMES:
         return {}
-    config: dict[str, Any] = {"broker_transport": BROKER_TRANSPORT}
+    config: dict[str, Any] = {"broker_transport": BROKER_TRANSPORTS[transport]}
     if parts.scheme == "rediss" and "ssl_cert_reqs" not in parts.query:
         # kombu turns TLS on by the scheme name alone, which a transport given by path is not; verify
         # the server as redis-py does for the state store on the same URL.
@@ -127,7 +132,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     return {
         "broker_url": url,
-        **transport_config(url),
+        **transport_config(url, settings.broker_transport),
         "result_backend": url,
         "result_backend_transport_options": {"global_keyprefix": broker_key_prefix(settings)},
         "task_serializer": "json",
@@ -157,9 +162,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
-    celery_app = Celery("hearth", include=list(TASK_MODULES))
+    celery_app = Celery("hearth", include=list(TASK_MODULES), amqp=BROKER_AMQP)
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.hearth_settings = settings
+    # The worker's health key (``hearth check``), kept while its task consumer runs.
+    celery_app.steps["consumer"].add(WorkerHealth)
     return celery_app
 
 

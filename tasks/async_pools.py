@@ -10,6 +10,9 @@ issue measured p99 31.9 ms with 32 threads). This face runs the same :class:`~ta
         await client.responses.create(..., tools=[{"type": "code_interpreter", "container": lease.container_id}])
     await pools.aclose()                            # at shutdown
 
+    sessions = pools.sessions()                     # a container per conversation key
+    turn = await sessions.lease("analysts", conversation_id)
+
 Enqueuing Hearth's tasks (the refill request, the retire or recycle after a release): Celery's
 ``send_task`` is blocking (a Redis round trip, plus the result backend's subscribe, under the
 GIL). It runs on a small dedicated thread pool (``enqueue_threads``, default 2), awaited with
@@ -37,6 +40,7 @@ from hearth.pool.async_leases import AsyncLeases
 from hearth.pool.effects import AsyncIO
 from hearth.pool.leases import Lease, ReleasedLease
 from hearth.runtime import Runtime
+from hearth.sessions import AsyncSessions
 from settings import Settings
 from tasks.app import create_app
 from tasks.pools import PoolsCore
@@ -58,13 +62,14 @@ class AsyncHearthPools:
         celery_app: Celery,
         *,
         enqueue_threads: int = 2,
+        coalesce: bool = True,
     ) -> None:
         self.rt = runtime
         self.redis = redis_client
         self.celery = celery_app
-        self.leases = AsyncLeases(runtime.store, redis_client)
+        self.leases = AsyncLeases(runtime.store, redis_client, coalesce=coalesce)
         self.core = PoolsCore(runtime, self.leases.core)
-        self.io = AsyncIO(redis_client, runtime.store.prefix, runtime.clock, enqueue=self._send)
+        self.io = AsyncIO(redis_client, runtime.store.prefix, runtime.clock, enqueue=self._send, coalesce=coalesce)
         self._executor = ThreadPoolExecutor(max_workers=enqueue_threads, thread_name_prefix="hearth-enqueue")
 
     @classmethod
@@ -96,6 +101,11 @@ class AsyncHearthPools:
     async def _send(self, name: str, args: list[Any]) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, functools.partial(self.celery.send_task, name, args=args))
+
+    def sessions(self, **options: Any) -> AsyncSessions:
+        """Sticky leases per conversation key on the same Redis client and enqueue executor;
+        ``options`` as :class:`~hearth.sessions.AsyncSessions` (``verify_after``...)."""
+        return AsyncSessions(self.rt, self.redis, self._send, **options)
 
     async def lease(self, pool: str, *, ttl: float | None = None, wait: float | None = None,
                     holder: str | None = None) -> Lease:

@@ -17,7 +17,8 @@ from celery import Task, shared_task
 
 from hearth.errors import HearthError, RateLimited
 from hearth.operations import Operations
-from hearth.planner import tick
+from hearth.planner import reconcile_wanted, tick
+from hearth.pool.wanted import FillRequests
 from tasks.runtime import current_runtime
 
 T = TypeVar("T")
@@ -91,6 +92,12 @@ def delete_orphan(self: Task, container_id: str, name: str) -> dict[str, Any]:
     return run(self, lambda: Operations(current_runtime()).delete_orphan(container_id, name).to_json())
 
 
+@shared_task(name="hearth.gc_staged", **COMMON)
+def gc_staged(self: Task) -> dict[str, Any]:
+    """Delete staged inputs (Files-API copies of pool inputs) that no pool has used for the grace."""
+    return run(self, lambda: Operations(current_runtime()).gc_staged())
+
+
 @shared_task(name="hearth.harvest", **COMMON)
 def harvest(self: Task, container_id: str, to: str | None = None) -> dict[str, Any]:
     """Copy a container's outputs to storage; apps call it by name with a container id."""
@@ -104,13 +111,37 @@ def harvest(self: Task, container_id: str, to: str | None = None) -> dict[str, A
     return run(self, go)
 
 
+LOCK_RETRY_SECONDS = 0.25  # another planner holds the lock: it serves the request when done; look again soon
+LOCK_RETRIES = 480  # two minutes of a busy lock, then the heartbeat's next tick has it anyway
+
+
 @shared_task(name="hearth.reconcile", **COMMON)
 def reconcile(self: Task) -> dict[str, Any]:
     """One reconcile of every pool, on demand (the heartbeat does the same every tick)."""
 
     def go() -> dict[str, Any]:
-        applied = tick(current_runtime(), enqueue)
+        rt = current_runtime()
+        applied = tick(rt, enqueue)
+        if applied is None:  # a tick is running: ask for every pool, so it is not lost to that tick
+            FillRequests(rt.store).ask(rt.pools().pools)
+            applied = reconcile_wanted(rt, enqueue)
         return {"ran": applied is not None, "applied": applied or []}
+
+    return run(self, go)
+
+
+@shared_task(name="hearth.reconcile_pool", **COMMON)
+def reconcile_pool(self: Task, pool: str) -> dict[str, Any]:
+    """Serve fill requests now (``hearth.pool.wanted``): a lease on an empty pool, ``hearth fill``,
+    an edited pools file. Deduplicated per pool by the asker; every wanted pool is planned."""
+
+    def go() -> dict[str, Any]:
+        rt = current_runtime()
+        FillRequests(rt.store).started(pool)
+        applied = reconcile_wanted(rt, enqueue)
+        if applied is None:
+            raise self.retry(countdown=LOCK_RETRY_SECONDS, max_retries=LOCK_RETRIES)
+        return {"pool": pool, "applied": applied}
 
     return run(self, go)
 

@@ -28,10 +28,12 @@ from celery import Celery
 
 from hearth.errors import ConfigError, HearthError, LeaseError, PoolEmpty
 from hearth.events import log_event
-from hearth.pool.effects import Command, Enqueue, Steps, SyncIO
+from hearth.pool.effects import Batch, Command, Enqueue, Steps, SyncIO
 from hearth.pool.leases import Lease, LeaseCore, ReleasedLease
 from hearth.pool.model import State
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
+from hearth.sessions import Sessions
 from settings import Settings
 from tasks.app import create_app
 
@@ -60,11 +62,12 @@ class PoolsCore:
             if refused is not None:  # a hard budget: waiting would be for nothing
                 self.rt.observer.lease(pool, self.rt.clock.now() - started, "empty")
                 raise PoolEmpty(f"pool {pool!r}: {refused.decode() if isinstance(refused, bytes) else refused}")
-            yield from self._ask_for_refill()
-            # Registered while waiting, so a budget keeps a container for this caller.
+            # Registered while waiting, so a budget keeps a container for this caller; then the
+            # fill request, so the reconcile it starts already counts this caller.
             waiting_key, ident = costs.demand.key(pool, "waiting"), secrets.token_hex(8)
             yield Command("zadd", (waiting_key, {ident: started + wait}))
             try:
+                yield from FillRequests(self.rt.store).ask_steps(pool)
                 got = yield from self.leases.lease(pool, ttl=ttl, min_remaining=minimum, wait_seconds=wait,
                                                    holder=holder)
             except PoolEmpty:
@@ -72,17 +75,11 @@ class PoolsCore:
                 raise
             finally:
                 yield Command("zrem", (waiting_key, ident))
-        for command, args in costs.lease_counters(spec, self.rt.clock.now()):
-            yield Command(command, args)
+        # The counters are independent writes: one round trip for all (a lease is two round trips).
+        yield Batch(tuple(Command(command, args) for command, args in costs.lease_counters(spec, self.rt.clock.now())))
         self.rt.observer.lease(pool, self.rt.clock.now() - started, "taken")
         log_event(log, "lease.taken", pool=pool, container_id=got.container_id, lease_id=got.lease_id)
         return got
-
-    def _ask_for_refill(self) -> Steps[None]:
-        # One reconcile request per 2 s across every process, however many callers find the pool empty.
-        key = self.rt.store.key("pending", "reconcile")
-        if (yield Command("set", (key, "1"), {"nx": True, "px": 2000})):
-            yield Enqueue("hearth.reconcile", [])
 
     def release(self, container_id: str, lease_id: str, *, reuse: bool | None) -> Steps[ReleasedLease]:
         record = yield from self.leases.by_container_id(container_id)
@@ -146,6 +143,11 @@ class HearthPools:
 
     def _send(self, name: str, args: list[Any]) -> None:
         self.celery.send_task(name, args=args)
+
+    def sessions(self, **options: Any) -> Sessions:
+        """Sticky leases per conversation key on this process's runtime, enqueuing through its Celery
+        app; ``options`` as :class:`~hearth.sessions.Sessions` (``verify_after``...)."""
+        return Sessions(self.rt, self._send, **options)
 
     def lease(self, pool: str, *, ttl: float | None = None, wait: float | None = None,
               holder: str | None = None) -> Lease:

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.pools",
     "tests.fixtures.faces",
+    "tests.fixtures.litellm",
 ]

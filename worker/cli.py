@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.cmd_session",
     "worker.cmd_fill",
     "worker.cmd_cost",
+    "worker.cmd_check",
 )
 
 

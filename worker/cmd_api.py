@@ -14,6 +14,7 @@ import typer
 
 from hearth.errors import HearthError
 from hearth.localapi import LocalAPIServer
+from hearth.localapi.devswitches import FILE_IDS_MODES, DevSwitches
 from settings.config import Settings
 
 
@@ -30,10 +31,22 @@ def api(
     dev: Annotated[
         bool, typer.Option("--dev", help="Enable dev controls: /_dev/clock, /_dev/faults, X-Hearth-File-* headers.")
     ] = False,
+    file_ids: Annotated[
+        str, typer.Option("--file-ids", help="What a create's file_ids do: copy (as OpenAI), ignore (accepted, "
+                          "not copied: a gateway that drops them), reject (400). Dev only; PUT /_dev/switches too.")
+    ] = "copy",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the local Containers API (OpenAI format at /v1, gateway format at /openai/v1)."""
     settings = Settings()
+    if file_ids not in FILE_IDS_MODES:
+        typer.echo(f"hearth api: --file-ids: expected one of {', '.join(FILE_IDS_MODES)}", err=True)
+        raise typer.Exit(2)
+    if file_ids != "copy" and not dev:
+        typer.echo("hearth api: --file-ids is a dev control: add --dev", err=True)
+        raise typer.Exit(2)
+    switches = DevSwitches()
+    switches.update({"file_ids": file_ids})
     server = LocalAPIServer(
         data_dir or settings.data_dir / "localapi",
         host=host or settings.local_host,
@@ -42,6 +55,7 @@ def api(
         dev=dev,
         faults=settings.faults,
         log_level=log_level,
+        switches=switches,
     )
     try:
         server.serve_forever(

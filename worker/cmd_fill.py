@@ -1,6 +1,7 @@
 """Progress on long CLI work: ``hearth fill POOL`` (watch a pool fill) and the bar of ``hearth harvest``.
 
-``hearth fill`` asks the workers for a reconcile now (the ``hearth.reconcile`` task) and watches the
+``hearth fill`` asks the workers to reconcile the pool now (a fill request, ``hearth.pool.wanted``: the
+``hearth.reconcile_pool`` task, served even while a heartbeat tick holds the planner) and watches the
 pool's READY count climb to what the planner wants, so a script can wait for a warm pool::
 
     hearth up                       # one terminal
@@ -40,6 +41,7 @@ from rich.progress import (
 
 from hearth.errors import ConfigError
 from hearth.files.harvest import HarvestProgress, ProgressCallback
+from hearth.pool.wanted import TASK, FillRequests
 from hearth.runtime import Runtime
 from worker.cli_support import EXIT_FAILED, _runtime, err, out
 
@@ -109,8 +111,14 @@ def fill(
     with _runtime() as rt:
         rt.pool(pool)  # an unknown pool is a configuration error (exit 2), not a timeout
         app = create_app(rt.settings)
+        requests = FillRequests(rt.store)
+
+        def nudge() -> None:
+            for name in requests.ask([pool]):
+                app.send_task(TASK, args=[name])
+
         try:
-            state, elapsed = _watch(rt, pool, timeout, lambda: app.send_task("hearth.reconcile"),
+            state, elapsed = _watch(rt, pool, timeout, nudge,
                                     mode="json" if as_json else "bar" if out.is_terminal else "lines")
         finally:
             app.close()

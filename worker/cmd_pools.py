@@ -146,11 +146,14 @@ def _describe(action: dict[str, Any]) -> str:
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Per pool: desired, and containers by state; the heartbeat's health."""
+    from hearth.operations import Operations
     from hearth.planner import Planner
 
     with _runtime() as rt:
         plans = Planner(rt).plan()
         beat = rt.store.health("heartbeat")
+        fallbacks = rt.staging.fallbacks()
+        staged = Operations(rt).gc_staged(dry_run=True)
         data = {
             "api_base": rt.client.base_url,
             "backend": rt.settings.backend.value,
@@ -174,11 +177,15 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "draining": p.draining,
                     "next_schedule_change": p.next_schedule_change,
                     "error": p.error,
+                    # How its inputs get in: copied from the staged Files-API files at create, or
+                    # streamed into each container (a fallback, with its reason).
+                    "inputs": _inputs_mode(fallbacks.get(p.pool)),
                     "cost": p.sizing.spend.to_json() if p.sizing else None,
                     "sizing": p.sizing.to_json() if p.sizing else None,
                 }
                 for p in plans
             },
+            "staged": {"in_use": staged["in_use"], "unused": staged["unused"], "grace": staged["grace"]},
         }
         if as_json:
             _print_json(data)
@@ -201,13 +208,28 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                           highlight=False)
             if p["sizing"]:
                 out.print(f"{name}: {p['sizing']['why']}", highlight=False)
+            if p["inputs"]["mode"] == "streamed":
+                out.print(f"[yellow]{name}: inputs streamed into each container (not copied by file_ids): "
+                          f"{escape(p['inputs']['reason'])}[/]", highlight=False)
+        unused = staged["unused"]
+        out.print(f"staged inputs: {staged['in_use']} in use, {len(unused)} unused "
+                  f"(deleted {staged['grace']:.0f} s after last use)", highlight=False)
+        for f in unused:
+            out.print(f"  unused: {escape(f['name'])} ({f['file_id']})", highlight=False)
+
+
+def _inputs_mode(fallback: dict[str, str] | None) -> dict[str, Any]:
+    if fallback is None:
+        return {"mode": "copied", "reason": None}
+    return {"mode": "streamed", "reason": fallback.get("reason"), "since": float(fallback.get("at") or 0)}
 
 
 def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Delete orphans now: containers with Hearth's prefix that no record owns (after the grace)."""
+    """Delete orphans now (containers with Hearth's prefix that no record owns, after the grace) and staged
+    inputs no pool uses (after HEARTH_STAGED_GRACE)."""
     from hearth.operations import Operations
     from hearth.planner import Planner
     from hearth.pool.reconcile import DeleteOrphan
@@ -217,9 +239,12 @@ def gc(
         orphans = [a for p in plans for a in p.actions if isinstance(a, DeleteOrphan)]
         done = [] if dry_run else [Operations(rt).delete_orphan(o.container_id, o.name).to_json() for o in orphans]
         deleted = [d for d in done if d["state"] == "GONE"]
+        staged = Operations(rt).gc_staged(dry_run=dry_run)
         if as_json:
-            _print_json({"orphans": [o.to_json() for o in orphans], "deleted": deleted, "dry_run": dry_run})
-        elif dry_run:
+            _print_json({"orphans": [o.to_json() for o in orphans], "deleted": deleted, "dry_run": dry_run,
+                         "staged": staged})
+            return
+        if dry_run:
             for o in orphans:
                 out.print(f"would delete {o.container_id} ({o.name})")
             out.print(f"{len(orphans)} orphan(s)")
@@ -227,6 +252,16 @@ def gc(
             for d in done:
                 out.print(f"{'deleted' if d['state'] == 'GONE' else 'kept (' + d['detail'] + ')'} {d['name']}")
             out.print(f"{len(deleted)} orphan(s) deleted")
+        gone = {f["key"] for f in staged["deleted"]}
+        for f in staged["unused"]:
+            if f["key"] in gone:
+                out.print(f"deleted staged input {escape(f['name'])} ({f['file_id']})", highlight=False)
+            else:
+                left = max(0.0, staged["grace"] - (rt.clock.now() - (f["unused_since"] or rt.clock.now())))
+                out.print(f"unused staged input {escape(f['name'])} ({f['file_id']}): deleted in {left:.0f} s",
+                          highlight=False)
+        out.print(f"{len(staged['deleted'])} staged input(s) deleted, {len(staged['unused']) - len(gone)} "
+                  f"unused kept for the grace, {staged['in_use']} in use")
 
 
 def drain(

@@ -16,11 +16,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import click
 import typer
 
 from settings import Settings, load_pools
 from settings.pools import NetworkPolicyAllowlist, PoolsFileError
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +47,34 @@ def domain_secret_values(settings: Settings) -> list[str]:
     return values
 
 
+def run_celery(app: Celery, argv: list[str]) -> int:
+    """Run Celery's command line on ``app`` and return its exit status.
+
+    Neither ``worker_main`` nor ``app.start`` does: both drop it, since click (8.2+), run with
+    ``standalone_mode=False``, returns the status of ``ctx.exit(code)`` instead of raising it, and
+    Celery only looks for the raise. A worker Celery stopped on an unrecoverable error would then
+    exit 0, and a supervisor that restarts on failure would not restart it.
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # what ``app.start`` does: the ``-A`` default
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:  # older click raises it
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return int(code) if isinstance(code, int) else 0
+
+
 def worker(
     concurrency: int | None = typer.Option(None, help="Tasks at once (default HEARTH_WORKER_CONCURRENCY)."),
     pool: str | None = typer.Option(None, help="threads | prefork | solo (default HEARTH_WORKER_POOL)."),
     loglevel: str | None = typer.Option(None, help="Log level (default HEARTH_LOG_LEVEL)."),
+    hostname: str | None = typer.Option(
+        None, help="Node name (default celery@<host>); each worker on one machine needs its own (e.g. w2@%h): "
+        "it names the worker's health key, which `hearth check` counts.",
+    ),
 ) -> None:
     """Run a Celery worker that executes Hearth's tasks."""
     from tasks.app import create_app
@@ -70,11 +99,10 @@ def worker(
         "--pool", pool_kind,
         "--loglevel", level.upper(),
         "--without-gossip", "--without-mingle",
+        *(["--hostname", hostname] if hostname else []),
     ]
     try:
-        # Not ``worker_main``: it drops the exit status, and a worker Celery stopped on an
-        # unrecoverable error would exit 0, so a supervisor that restarts on failure would not.
-        code = app.start(argv)
+        code = run_celery(app, argv)
     finally:
         set_observer(None)
         obs.close()

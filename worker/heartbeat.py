@@ -4,7 +4,8 @@ Any number of replicas may run; one leads (a Redis lease, ``hearth.pool.leader``
 stand by, taking over within one lease period if the leader dies. Each tick: keep the leader lease,
 list the remote containers now and then (for orphans; listing touches nothing), plan and apply
 (``hearth.planner.tick``), write the health key, report a Sentry cron check-in. It decides;
-Celery workers do the API work.
+Celery workers do the API work. Between ticks the leader watches the pools file: an edit is a fill
+request (``hearth.pool.wanted``) served by a worker at once, not at the next interval.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hearth.events import log_event
 from hearth.planner import Planner, tick
 from hearth.pool.leader import LeaderLease
 from hearth.pool.reconcile import RemoteContainer
+from hearth.pool.wanted import TASK, FillRequests
 from hearth.runtime import Runtime
 from settings import Settings
 from worker.observability import monitored_tick, setup_observability
@@ -32,6 +34,8 @@ from worker.observability import monitored_tick, setup_observability
 log = logging.getLogger(__name__)
 
 ORPHAN_SCAN_EVERY = 6  # ticks between remote listings (orphans, lost containers)
+STAGED_GC_EVERY = 300.0  # s between collections of staged inputs no pool uses (the grace is HEARTH_STAGED_GRACE)
+WATCH_SECONDS = 0.5  # how often the leader looks at the pools file: an edit starts its fill this soon
 
 
 class Heartbeat:
@@ -47,6 +51,31 @@ class Heartbeat:
             prefix=settings.key_prefix,
         )
         self.ticks = 0
+        self._pools_stamp: tuple[int, int, int] | None = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.rt.settings.resolved_pools)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def watch(self) -> None:
+        """An edited pools file is a fill request for its pools now, not at the next tick (leader only)."""
+        stamp = self._stamp()
+        if stamp == self._pools_stamp:
+            return
+        self._pools_stamp = stamp
+        if stamp is None or not self.leader.is_leader:
+            return
+        try:
+            names = list(self.rt.pools().pools)
+            for name in FillRequests(self.rt.store).ask(names):
+                self.enqueue(TASK, [name])
+        except HearthError as exc:
+            log.warning("heartbeat: pools file changed, fill not requested: %s", exc)
+            return
+        log_event(log, "pools.changed", pools=",".join(names))
 
     def enqueue(self, name: str, args: list[Any]) -> None:
         self.celery.send_task(name, args=args)
@@ -89,6 +118,14 @@ class Heartbeat:
                 log_event(log, "heartbeat.tick", actions=len(applied),
                           kinds=",".join(sorted({a["kind"] for a in applied})))
 
+    def collect_staged(self) -> None:
+        """Have a worker delete staged inputs no pool uses any more (after the grace); leader only."""
+        try:
+            if self.leader.is_leader:
+                self.enqueue("hearth.gc_staged", [])
+        except Exception:
+            log.exception("heartbeat: staged-inputs collection not scheduled")
+
     def stop(self) -> None:
         try:
             self.leader.release()
@@ -107,6 +144,9 @@ def run_heartbeat(settings: Settings | None = None, *, stop_event: threading.Eve
     scheduler = BlockingScheduler(timezone="UTC")
     scheduler.add_job(beat.tick, "interval", seconds=settings.heartbeat_interval, id="tick",
                       max_instances=1, coalesce=True, next_run_time=_now_utc())
+    scheduler.add_job(beat.collect_staged, "interval", seconds=STAGED_GC_EVERY, id="staged_gc",
+                      max_instances=1, coalesce=True)
+    scheduler.add_job(beat.watch, "interval", seconds=WATCH_SECONDS, id="watch", max_instances=1, coalesce=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("heartbeat: signal %d, stopping", signum)

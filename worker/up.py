@@ -4,7 +4,8 @@ A new user runs one command and sees pools fill. The supervisor starts what is n
 an embedded ``redis-server`` (unless ``HEARTH_REDIS_URL``) and the local Containers API in a thread
 (unless an API backend is configured) — then a ``hearth worker`` and a ``hearth heartbeat`` as child
 processes pointed at them, writes ``<data_dir>/up.json`` so every other ``hearth`` command with the
-same settings finds them, and shows a live status until Ctrl-C or SIGTERM.
+same settings finds them, and shows a live status (per pool: sizes, the burn rate in $/h and why a
+paused pool is paused) until Ctrl-C or SIGTERM.
 
 Children run in their own process groups (a terminal's Ctrl-C reaches only the supervisor, which
 then stops them in order) and their output goes to ``<data_dir>/logs/<name>.log`` so it does not
@@ -48,20 +49,23 @@ from typing import Any
 import redis
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from hearth.clock import SystemClock
 from hearth.errors import HearthError
 from hearth.localapi import DataDirInUse, LocalAPIServer
-from hearth.planner import Planner
+from hearth.planner import Planner, PoolPlan
 from hearth.pool.feed import StateFeed
-from hearth.pool.model import State
+from hearth.pool.metering import burn_rate
+from hearth.pool.model import ContainerRecord, State
 from hearth.pool.store import PoolStore
 from hearth.runtime import Runtime
 from settings import PoolsFileError, Settings, load_pools
 from settings.config import Backend
 from settings.discovery import UpInfo, clear_up, read_up
+from settings.pools import PoolSpec
 from worker.redis_server import RedisServer, RedisServerError, set_parent_death_signal
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -145,6 +149,23 @@ class PoolRow:
     expiring: int
     breaker: str
     next_change: str | None
+    # Dollars per hour the pool's live containers cost now (hearth.pool.metering.burn_rate);
+    # None when the pool has no spec to price it by (one removed from the pools file).
+    burn_usd_per_hour: float | None = None
+    # Why the breaker is not closed, and whether it waits for a change of the pools file or the
+    # environment instead of a cool-down (hearth.planner.PoolPlan.breaker_permanent).
+    breaker_reason: str | None = None
+    breaker_permanent: bool = False
+
+    def breaker_text(self) -> str:
+        """The breaker as a person reads it, as ``hearth status`` words it."""
+        if self.breaker == "closed" or not self.breaker_reason:
+            return self.breaker
+        until = " until the pools file or the environment changes" if self.breaker_permanent else ""
+        return f"{self.breaker}{until}: {self.breaker_reason}"
+
+    def burn_text(self) -> str:
+        return "-" if self.burn_usd_per_hour is None else f"{self.burn_usd_per_hour:.3f}"
 
 
 @dataclass
@@ -172,8 +193,22 @@ def snapshot(rt: Runtime) -> Snapshot:
             leased=plan.counts.get("leased", 0),
             provisioning=plan.counts.get("creating", 0) + plan.counts.get("seeding", 0),
             expiring=expiring, breaker=plan.breaker, next_change=plan.next_schedule_change,
+            burn_usd_per_hour=_burn(rt, plan, spec, records), breaker_reason=plan.breaker_reason,
+            breaker_permanent=plan.breaker_permanent,
         ))
     return snap
+
+
+def _burn(rt: Runtime, plan: PoolPlan, spec: PoolSpec | None, records: list[ContainerRecord]) -> float | None:
+    """The pool's burn rate: the planner's (it priced the pool to size it), else the records' own."""
+    if plan.sizing is not None:
+        return plan.sizing.spend.burn_usd_per_hour
+    if spec is None:
+        return None
+    try:
+        return burn_rate(records, rt.costs.prices.tier(spec.container.memory_limit))
+    except KeyError:  # a tier without a price: say nothing rather than a wrong number
+        return None
 
 
 class Supervisor:
@@ -375,13 +410,17 @@ class Supervisor:
         return snap, restarted + seen
 
     def render(self, snap: Snapshot) -> Group:
-        table = Table("pool", "desired", "ready", "leased", "provisioning", "expiring", "breaker", "next change",
+        table = Table("pool", "desired", "ready", "leased", "provisioning", "expiring", "breaker", "$/h",
+                      "next change",
                       title=f"Hearth: API {self.api_base}  Redis {self.redis_url}  heartbeat "
                             f"{'alive' if snap.heartbeat else 'starting'}")
         for r in snap.rows:
             table.add_row(r.pool, str(r.desired), str(r.ready), str(r.leased), str(r.provisioning),
-                          str(r.expiring), r.breaker, r.next_change or "-")
+                          str(r.expiring), r.breaker, r.burn_text(), r.next_change or "-")
         parts: list[Any] = [table]
+        # The reasons below the table, as `hearth status` prints them: too long for a cell.
+        parts.extend(Text(f"{r.pool}: breaker {r.breaker_text()}", style="red")
+                     for r in snap.rows if r.breaker != "closed" and r.breaker_reason)
         if self.children:
             parts.append(Text(f"processes: {self.children_line()}"))
         if snap.error:
@@ -397,7 +436,7 @@ class Supervisor:
             return f"status unavailable: {snap.error}{tail}"
         pools = "; ".join(
             f"{r.pool} desired {r.desired} ready {r.ready} leased {r.leased} provisioning {r.provisioning} "
-            f"expiring {r.expiring} breaker {r.breaker}" for r in snap.rows
+            f"expiring {r.expiring} $/h {r.burn_text()} breaker {escape(r.breaker_text())}" for r in snap.rows
         )
         return f"status: {pools or 'no pools'}; heartbeat {'alive' if snap.heartbeat else 'starting'}{tail}"
 

@@ -145,6 +145,7 @@ class ContainersClient:
         api_key: SecretStr | str | None = None,
         dialect: str | Dialect = "openai",
         gateway_provider: str = "openai",
+        gateway_routes: str = "containers",
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -155,7 +156,9 @@ class ContainersClient:
     ) -> None:
         self._observer = observer
         self._dialect: Dialect = (
-            dialect if isinstance(dialect, Dialect) else make_dialect(dialect, gateway_provider=gateway_provider)
+            dialect if isinstance(dialect, Dialect) else make_dialect(
+                dialect, gateway_provider=gateway_provider, gateway_routes=gateway_routes
+            )
         )
         self.base_url = self._dialect.base_url(base_url)
         self._key: SecretStr | None = SecretStr(api_key) if isinstance(api_key, str) else api_key
@@ -197,6 +200,7 @@ class ContainersClient:
             api_key=settings.api_key,
             dialect=settings.backend.value,
             gateway_provider=settings.gateway_provider,
+            gateway_routes=settings.gateway_routes,
             transport=transport,
             clock=clock,
             retry=RetryPolicy.from_settings(settings),
@@ -213,6 +217,12 @@ class ContainersClient:
     def create_fields(self) -> frozenset[str] | None:
         """The create-body fields this backend forwards (None: all); see ``Dialect.create_fields``."""
         return self._dialect.create_fields
+
+    @property
+    def copies_create_file_ids(self) -> bool:
+        """Whether a create's ``file_ids`` reach the backend and are copied (dialect flag and forwarded fields)."""
+        fields = self.create_fields
+        return self._dialect.copies_create_file_ids and (fields is None or "file_ids" in fields)
 
     def __repr__(self) -> str:
         key = "***" if self._key is not None else None
@@ -304,7 +314,8 @@ class ContainersClient:
             finally:
                 response.close()
             raise error_from_response(
-                response.status_code, response.headers, body, what=what, now=self._clock.now(), secrets=self._secrets()
+                response.status_code, response.headers, body, what=what, now=self._clock.now(), secrets=self._secrets(),
+                keyless_crash_is_auth=self._key is None and self._dialect.keyless_crash_is_auth,
             )
         return response
 

@@ -27,10 +27,17 @@ class Dialect:
     forwards_name_filter: bool = True
     # Whether ``POST /containers/{id}/files`` with JSON ``{"file_id": …}`` reaches the backend.
     supports_file_id_copy: bool = True
+    # Whether a create's ``file_ids`` are copied into the container. Where they are, pool inputs are
+    # staged once in the Files API and copied server-side (``hearth.files.staging``); a backend that
+    # cannot is given ``False`` here and gets today's streamed per-container uploads.
+    copies_create_file_ids: bool = True
     # The create-body fields the backend forwards (None: all). A pool that needs a field left out
     # here is refused before any create (LiteLLM's /v1 routes drop memory_limit, network_policy
     # and skills silently, GATEWAYS.md §2.6), instead of getting containers unlike its spec.
     create_fields: frozenset[str] | None = None
+    # Whether a bare (non-JSON) 500 answering a request sent without a key means the key is missing:
+    # LiteLLM's proxy fails that way (its auth error handler needs a module it may lack).
+    keyless_crash_is_auth: bool = False
 
     def base_url(self, base: str) -> str:
         return base.rstrip("/")
@@ -124,10 +131,76 @@ class GatewayDialect(Dialect):
         return super().next_cursor(page)
 
 
-DIALECTS = ("openai", "azure", "gateway", "local")
+# What LiteLLM's /v1 container routes forward of a create body (GATEWAYS.md §2.3, §2.6).
+LITELLM_CONTAINERS_CREATE_FIELDS = frozenset({"name", "expires_after", "file_ids"})
+GATEWAY_ROUTES = ("containers", "passthrough")
+# Path suffixes a LiteLLM base may be given with; stripped to find the proxy's root.
+_LITELLM_SUFFIXES = ("/openai/v1", "/openai", "/v1")
 
 
-def make_dialect(name: str, *, gateway_provider: str = "openai") -> Dialect:
+def litellm_root(base: str) -> str:
+    """The proxy's root URL from any base a user may give (``…``, ``…/v1``, ``…/openai``, ``…/openai/v1``)."""
+    base = base.rstrip("/")
+    for suffix in _LITELLM_SUFFIXES:
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+@dataclass(frozen=True)
+class LiteLLMDialect(Dialect):
+    """The LiteLLM proxy (GATEWAYS.md §2), through one of its two route families.
+
+    ``routes="containers"``: its own ``/v1/containers…`` routes. They take the proxy's key, route by
+    the ``custom-llm-provider`` header, and forward only ``name``, ``expires_after`` and ``file_ids``
+    of a create body (``memory_limit``, ``network_policy`` and ``skills`` are dropped silently), drop
+    the list ``name`` filter, and accept file uploads as multipart only.
+
+    ``routes="passthrough"``: its ``/openai`` pass-through, which relays the OpenAI request as it is
+    (every create field, the ``name`` filter, the JSON ``file_id`` form), with the proxy's key
+    replaced by its configured upstream key. It appends the path after ``/openai`` to the upstream
+    base (``OPENAI_API_BASE``, default ``https://api.openai.com/``, where it inserts ``/v1`` itself),
+    so Hearth calls ``/openai/containers``: right for the default upstream and for an upstream base
+    that ends in ``/v1``, where ``/openai/v1/containers`` would become ``/v1/v1/containers``.
+
+    Either way the base URL may be given as the proxy root or with ``/v1``, ``/openai`` or
+    ``/openai/v1`` (Bifrost's layout): the dialect builds the route's own base from the root, so a
+    Bifrost-style base never becomes ``/v1/v1/containers``.
+    """
+
+    name: str = "litellm"
+    routes: str = "containers"
+    provider: str = "openai"
+    keyless_crash_is_auth: bool = True
+
+    def __post_init__(self) -> None:
+        if self.routes not in GATEWAY_ROUTES:
+            raise ConfigError(
+                f"unknown LiteLLM routes {self.routes!r}; expected one of {', '.join(GATEWAY_ROUTES)}",
+                where="HEARTH_GATEWAY_ROUTES",
+            )
+        containers = self.routes == "containers"
+        # Frozen dataclass: the route family decides what the backend forwards.
+        object.__setattr__(self, "forwards_name_filter", not containers)
+        object.__setattr__(self, "supports_file_id_copy", not containers)
+        object.__setattr__(self, "create_fields", LITELLM_CONTAINERS_CREATE_FIELDS if containers else None)
+        object.__setattr__(self, "name", "litellm /v1/containers" if containers else "litellm /openai pass-through")
+
+    def base_url(self, base: str) -> str:
+        root = litellm_root(base)
+        if self.routes == "containers":
+            return root + "/v1"
+        return root + "/openai"
+
+    def extra_headers(self) -> dict[str, str]:
+        # The pass-through relays to OpenAI as is; only LiteLLM's own routes read the provider.
+        return {"custom-llm-provider": self.provider} if self.routes == "containers" else {}
+
+
+DIALECTS = ("openai", "azure", "gateway", "litellm", "local")
+
+
+def make_dialect(name: str, *, gateway_provider: str = "openai", gateway_routes: str = "containers") -> Dialect:
     """The dialect called ``name``; ``ConfigError`` for an unknown one."""
     if name == "openai":
         return Dialect()
@@ -137,4 +210,6 @@ def make_dialect(name: str, *, gateway_provider: str = "openai") -> Dialect:
         return AzureDialect()
     if name == "gateway":
         return GatewayDialect(provider=gateway_provider)
+    if name == "litellm":
+        return LiteLLMDialect(routes=gateway_routes, provider=gateway_provider)
     raise ConfigError(f"unknown API dialect {name!r}; expected one of {', '.join(DIALECTS)}", where="dialect")

@@ -33,6 +33,17 @@ from hearth.errors import (
 # (SEMANTICS.md §3); all mean the same to a caller: this container can never be used again.
 _EXPIRED = re.compile(r"\bcontainer\b.*?\b(is|has)\s+expired\b|\bcontainer\s+is\s+not\s+running\b", re.IGNORECASE)
 # OpenAI-style keys, masked or not ("sk-abc…xyz", "sk-proj-***"); redacted whatever the key in use.
+# An answer that is about the key, whatever its status: LiteLLM's proxy says so in 400s ("No connected
+# db." for a key that is not its master key when it has no database), in 401s ("Authentication Error,
+# Invalid proxy server token passed"), and in 500s when its own upstream key is missing ("The api_key
+# client option must be set", "Required 'OPENAI_API_KEY'"). Retrying any of them cannot help.
+_AUTH_MESSAGE = re.compile(
+    r"authentication\s*error|no api key passed|invalid proxy server token|incorrect api key provided"
+    r"|no connected db|api_key client option must be set|required 'openai_api_key'|invalid api key",
+    re.IGNORECASE,
+)
+_AUTH_TYPES = frozenset({"auth_error", "authentication_error", "no_db_connection", "token_not_found_in_db",
+                         "invalid_api_key"})
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.…]{6,}")
 _MAX_MESSAGE = 500
 
@@ -45,20 +56,44 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _KEY_LIKE.sub("sk-***", text)
 
 
+# Where a wait may be given, in milliseconds or seconds. LiteLLM's proxy forwards upstream headers
+# with an ``llm_provider-`` prefix (its 429s carry ``llm_provider-retry-after`` and no plain
+# ``Retry-After``, GATEWAYS.md §2.6); the more precise millisecond forms win.
+_RETRY_AFTER_MS = ("retry-after-ms", "llm_provider-retry-after-ms")
+_RETRY_AFTER = ("retry-after", "llm_provider-retry-after")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers[name]`` whatever its case (httpx headers ignore case, a plain dict does not)."""
+    value = headers.get(name)
+    if value is None and not hasattr(headers, "get_list"):
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from ``Retry-After`` (delta seconds or an HTTP date) or ``retry-after-ms``."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            value = float(ms) / 1000.0
+    """Seconds to wait from ``Retry-After`` (delta seconds or an HTTP date) or ``retry-after-ms``,
+    plain or as a gateway renames them (``llm_provider-retry-after``, ``llm_provider-retry-after-ms``)."""
+    for name in _RETRY_AFTER_MS:
+        ms = _header(headers, name)
+        if ms:
+            try:
+                value = float(ms) / 1000.0
+            except ValueError:
+                continue
             if value >= 0:
                 return value
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    raw = raw.strip()
+    for name in _RETRY_AFTER:
+        raw = _header(headers, name)
+        if raw:
+            seconds = _seconds(raw.strip(), now)
+            if seconds is not None:
+                return seconds
+    return None
+
+
+def _seconds(raw: str, now: float) -> float | None:
+    """A ``Retry-After`` value (delta seconds or an HTTP date) as seconds from ``now``."""
     try:
         seconds = float(raw)
     except ValueError:
@@ -99,6 +134,7 @@ class _Envelope:
         self.code: str | None = None
         self.body_status: int | None = None
         self.gateway: str | None = None
+        self.json: dict[str, Any] | None = None
         data: Any = None
         text = body.decode("utf-8", errors="replace").strip()
         if text[:1] in ("{", "["):
@@ -107,6 +143,7 @@ class _Envelope:
             except ValueError:
                 data = None
         if isinstance(data, dict):
+            self.json = data
             self._read(data)
         elif text:
             # Not JSON (an HTML error page from a proxy, plain text): keep a short excerpt.
@@ -150,11 +187,15 @@ def error_from_response(
     what: str,
     now: float,
     secrets: Iterable[str] = (),
+    keyless_crash_is_auth: bool = False,
 ) -> APIError:
     """Map an HTTP error answer to the exception tree.
 
     ``what`` names the call (``"POST /containers"``) and prefixes the message; ``now`` (the
-    injected clock) turns an HTTP-date ``Retry-After`` into seconds.
+    injected clock) turns an HTTP-date ``Retry-After`` into seconds. ``keyless_crash_is_auth``: the
+    request carried no key and the backend is one that fails with a bare 500 on a keyless request
+    (LiteLLM's proxy, whose auth handler raises while reporting "No api key passed in." when its
+    optional database client is not installed): such a 500 is the missing key, not an outage.
     """
     env = _Envelope(body, headers.get("content-type", ""))
     effective = status
@@ -172,6 +213,15 @@ def error_from_response(
         return RateLimited(text, retry_after=parse_retry_after(headers, now), **kw)
     if effective in (401, 403):
         return AuthError(text, **kw)
+    if effective == 400 or effective >= 500:
+        if (env.type in _AUTH_TYPES or env.code in _AUTH_TYPES
+                or (env.message is not None and _AUTH_MESSAGE.search(env.message))):
+            # A key the gateway cannot accept (or lacks upstream): a configuration error, at once.
+            return AuthError(f"{text} (the API key is missing or wrong: check HEARTH_API_KEY, or the "
+                             "gateway's own upstream key)", **kw)
+        if keyless_crash_is_auth and effective == 500 and env.json is None:
+            return AuthError(f"{text} (no API key was sent, and this gateway fails like this without one: "
+                             "set HEARTH_API_KEY to the gateway's key)", **kw)
     if effective == 404:
         return NotFound(text, **kw)
     if effective in (400, 422):

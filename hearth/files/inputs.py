@@ -35,7 +35,8 @@ from hearth.files.ports import FilesClient
 InputKind = Literal["local", "url", "file_id"]
 HASH_CHUNK = 1 << 20
 READ_BLOCK_SIZE = 8 << 20  # fsspec read-ahead per open URL (s3fs would otherwise buffer 50 MiB)
-_UPLOAD_PREFIX = re.compile(r"^[0-9a-fA-F]+-")
+# An upload's ``<hex>-`` prefix, or the ``<file_id>-`` of a server-side copy (SEMANTICS §2.5).
+_UPLOAD_PREFIX = re.compile(r"^(?:[0-9a-fA-F]+|file-[A-Za-z0-9_]+)-")
 
 
 class InputSpecLike(Protocol):
@@ -91,6 +92,11 @@ def _hash_stream(fh: BinaryIO) -> tuple[int, str]:
 def _open_url(url: str, options: Mapping[str, Any]) -> BinaryIO:
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs.open(path, "rb", block_size=READ_BLOCK_SIZE)
+
+
+def open_input_url(url: str, options: Mapping[str, Any]) -> BinaryIO:
+    """A URL input opened for reading, streamed (what staging uploads from)."""
+    return _open_url(url, options)
 
 
 def _local_items(spec: InputSpecLike, raw: str, base_dir: Path, where: str) -> list[InputItem]:
@@ -292,6 +298,7 @@ def sync_inputs(
 
 _UPLOAD_NAME_PREFIX = re.compile(r"^[0-9a-f]{32}-(?=.)")
 _GLOB_SPECIAL = re.compile(r"([*?\[])")
+_COPY_PREFIX = re.compile(r"^file-[A-Za-z0-9_]+-(?=.)")
 
 
 def restore_name(container_path: str) -> str:
@@ -312,6 +319,8 @@ def input_paths(files: list[ContainerFile], items: list[InputItem]) -> list[str]
         if f.source == "assistant" or not f.path.startswith("/mnt/data/"):
             continue
         name = restore_name(f.path)
+        if name not in sizes:  # a server-side copy may be /mnt/data/<file_id>-<name> (hearth.files.staging)
+            name = _COPY_PREFIX.sub("", name, count=1)
         if name in sizes and (sizes[name] is None or f.bytes is None or sizes[name] == f.bytes):
             out.append(f.path[len("/mnt/data/") :])
     return out

@@ -7,7 +7,8 @@ work (SQLite, file copies, the writes of an upload) runs in threads; uploads and
 Dev controls exist only with ``dev=True`` (404 otherwise): ``X-Hearth-File-Source: assistant`` and
 ``X-Hearth-File-Path: /mnt/data/...`` on a container file upload (stand-ins for a file the model's
 code wrote: the path is stored verbatim, bytes are stored by id, so no path can escape the data dir),
-``GET|POST /_dev/clock`` (``{"advance_seconds": N}``), ``GET|PUT /_dev/faults`` (a ``FaultConfig``).
+``GET|POST /_dev/clock`` (``{"advance_seconds": N}``), ``GET|PUT /_dev/faults`` (a ``FaultConfig``),
+``GET|PUT /_dev/switches`` and ``GET|DELETE /_dev/requests`` (``hearth.localapi.devswitches``).
 With API keys configured the dev routes, like every other, answer 401 to a request without a valid key.
 """
 
@@ -45,6 +46,7 @@ from hearth.api.models import (
 from hearth.clock import Clock
 from hearth.errors import APIError, AuthError, BadRequest
 from hearth.localapi import wire
+from hearth.localapi.devswitches import DevSwitches, RequestCounter
 from hearth.localapi.faults import DroppedConnection, FaultInjector, FaultMiddleware, split_prefix
 from hearth.localapi.multipart import Upload, parse_multipart
 from hearth.localapi.store import Store
@@ -108,11 +110,15 @@ class LocalAPI:
         dev: bool = False,
         faults: FaultInjector | None = None,
         token_hex: Callable[[int], str] = secrets.token_hex,
+        switches: DevSwitches | None = None,
+        requests: RequestCounter | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.dev = dev
         self.faults = faults or FaultInjector()
+        self.switches = switches or DevSwitches()
+        self.requests = requests or RequestCounter()
         self._token_hex = token_hex
         # Compare digests, not keys: equal-time lookup, and no key kept in a dict for a repr to show.
         self._tenants = {tenant_of(k) for k in api_keys if k}
@@ -244,6 +250,11 @@ class LocalAPI:
                 status=400,
                 param="expires_after.minutes",
             )
+        file_ids = list(req.file_ids or [])
+        if file_ids and self.switches.file_ids == "reject":  # dev switch: a backend refusing file_ids
+            raise BadRequest("Unknown parameter: 'file_ids'.", status=400, param="file_ids")
+        if self.switches.file_ids == "ignore":  # dev switch: accepted, not copied (a gateway dropping it)
+            file_ids = []
         policy: dict[str, Any] | None = None
         if req.network_policy is not None:
             # Secrets are validated and then dropped: never stored, never echoed (SEMANTICS.md §5.1).
@@ -259,7 +270,7 @@ class LocalAPI:
             memory_limit=req.memory_limit or DEFAULT_MEMORY_LIMIT,
             network_policy=policy,
             metadata=req.metadata,
-            file_ids=list(req.file_ids or []),
+            file_ids=file_ids,
         )
         return self._answer(ctx, wire.container_body(row, ctx.dialect))
 
@@ -395,7 +406,9 @@ class LocalAPI:
             raise BadRequest(
                 "Invalid Content-Type header: expected multipart/form-data.", status=400, param="file"
             )
-        async with self._multipart(request, content_type, max_file_bytes=MAX_FILES_API_BYTES) as upload:
+        limit = self.switches.files_max_bytes
+        max_bytes = MAX_FILES_API_BYTES if limit is None else min(limit, MAX_FILES_API_BYTES)
+        async with self._multipart(request, content_type, max_file_bytes=max_bytes) as upload:
             if upload.tmp is None:
                 raise BadRequest("Missing required parameter: 'file'.", status=400, param="file")
             purpose = upload.fields.get("purpose")
@@ -495,6 +508,23 @@ class LocalAPI:
                     raise from_validation_error(exc) from None
         return JSONResponse(self.faults.config.model_dump(mode="json"))
 
+    async def dev_switches(self, request: Request) -> Response:
+        self._tenant(request)  # as dev_clock: a key when keys are configured
+        if request.method == "PUT":
+            body = parse_json_object(b"".join([c async for c in request.stream()]))
+            try:
+                self.switches.update(body)
+            except ValueError as exc:
+                raise BadRequest(f"Invalid switches: {exc}", status=400) from None
+        return JSONResponse(self.switches.to_json())
+
+    async def dev_requests(self, request: Request) -> Response:
+        self._tenant(request)
+        counts = self.requests.snapshot()
+        if request.method == "DELETE":
+            self.requests.reset()
+        return JSONResponse({"counts": counts, "total": sum(counts.values())})
+
 
 def _api_routes(api: LocalAPI) -> list[Route]:
     return [
@@ -573,10 +603,14 @@ def create_app(
     dev: bool = False,
     faults: FaultInjector | None = None,
     token_hex: Callable[[int], str] = secrets.token_hex,
+    switches: DevSwitches | None = None,
+    requests: RequestCounter | None = None,
 ) -> FaultMiddleware:
     """The whole ASGI app: routes under every prefix, dev routes when ``dev``, faults in front."""
     injector = faults or FaultInjector()
-    api = LocalAPI(store, clock=clock, api_keys=api_keys, dev=dev, faults=injector, token_hex=token_hex)
+    counter = requests or RequestCounter()
+    api = LocalAPI(store, clock=clock, api_keys=api_keys, dev=dev, faults=injector, token_hex=token_hex,
+                   switches=switches, requests=counter)
     routes: list[Route | Mount] = [
         Mount("/v1", routes=_api_routes(api)),
         Mount("/openai/v1", routes=_api_routes(api)),
@@ -586,6 +620,8 @@ def create_app(
         routes += [
             Route("/_dev/clock", api.dev_clock, methods=["GET", "POST"]),
             Route("/_dev/faults", api.dev_faults, methods=["GET", "PUT"]),
+            Route("/_dev/switches", api.dev_switches, methods=["GET", "PUT"]),
+            Route("/_dev/requests", api.dev_requests, methods=["GET", "DELETE"]),
         ]
     app = Starlette(
         routes=routes,
@@ -596,4 +632,4 @@ def create_app(
         },
     )
     app.state.api = api
-    return FaultMiddleware(app, injector)
+    return FaultMiddleware(app, injector, counter)

@@ -53,6 +53,7 @@ from typing import Literal
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hearth.localapi.devswitches import RequestCounter
 from hearth.localapi.wire import Dialect, error_body
 from settings.faults import ENDPOINT_NAMES as ENDPOINT_NAMES  # re-exported: the names live in settings
 from settings.faults import FaultConfig
@@ -172,16 +173,19 @@ _MESSAGES = {
 class FaultMiddleware:
     """ASGI middleware applying a ``FaultInjector`` to every named API endpoint."""
 
-    def __init__(self, app: ASGIApp, injector: FaultInjector) -> None:
+    def __init__(self, app: ASGIApp, injector: FaultInjector, counter: RequestCounter | None = None) -> None:
         self.app = app
         self.injector = injector
+        self.counter = counter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.injector.active:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         name = endpoint_name(scope["method"], scope["path"])
-        if name is None:
+        if name is not None and self.counter is not None:
+            self.counter.add(name)  # every API request that reached the server, faulted or not
+        if name is None or not self.injector.active:
             await self.app(scope, receive, send)
             return
         config = self.injector.config

@@ -23,6 +23,7 @@ import uvicorn
 from hearth.clock import Clock, OffsetClock
 from hearth.errors import HearthError
 from hearth.localapi.app import CLOCK_OFFSET_KEY, create_app
+from hearth.localapi.devswitches import DevSwitches, RequestCounter
 from hearth.localapi.faults import DropLogFilter, FaultInjector
 from hearth.localapi.store import BlobWriter, Store, open_new_file
 from settings.faults import FaultConfig
@@ -104,6 +105,7 @@ class LocalAPIServer:
         faults: FaultConfig | None = None,
         log_level: str = "warning",
         blob_writer: BlobWriter = open_new_file,
+        switches: DevSwitches | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -112,6 +114,8 @@ class LocalAPIServer:
         self.dev = dev
         self._given_clock = clock
         self.injector = FaultInjector(faults)
+        self.switches = switches or DevSwitches()
+        self.requests = RequestCounter()
         self.log_level = log_level
         self._blob_writer = blob_writer
         self.clock: Clock | None = None
@@ -150,7 +154,8 @@ class LocalAPIServer:
             raise
         assert self.store is not None and self.clock is not None
         self.port = self._sock.getsockname()[1]
-        app = create_app(self.store, clock=self.clock, api_keys=self.api_keys, dev=self.dev, faults=self.injector)
+        app = create_app(self.store, clock=self.clock, api_keys=self.api_keys, dev=self.dev, faults=self.injector,
+                         switches=self.switches, requests=self.requests)
         config = uvicorn.Config(
             app,
             log_level=self.log_level,

@@ -26,7 +26,8 @@ class AsyncLeases:
     ``store`` supplies the key layout, clock and encoding only (no IO goes through its sync client);
     ``redis_client`` is the ``redis.asyncio.Redis`` every call awaits. ``sleep`` replaces how a
     plain wait (``wake_on_ready=False``) waits; by default ``asyncio.sleep``, or advancing a
-    ManualClock. Other arguments as :class:`~hearth.pool.leases.LeaseCore`.
+    ManualClock. ``coalesce``: concurrent calls share pipelined round trips (``AsyncIO``). Other
+    arguments as :class:`~hearth.pool.leases.LeaseCore`.
     """
 
     def __init__(
@@ -39,13 +40,14 @@ class AsyncLeases:
         poll_initial: float = 0.05,
         poll_max: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.store = store
         self.clock = store.clock
         self.redis = redis_client
         self.core = LeaseCore(store, token_factory=token_factory, wake_on_ready=wake_on_ready,
                               poll_initial=poll_initial, poll_max=poll_max)
-        self.io = AsyncIO(redis_client, store.prefix, store.clock, sleep=sleep)
+        self.io = AsyncIO(redis_client, store.prefix, store.clock, sleep=sleep, coalesce=coalesce)
 
     def __repr__(self) -> str:
         return f"AsyncLeases(store={self.store!r})"

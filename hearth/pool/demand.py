@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from hearth.errors import StateStoreError
-from hearth.pool.sizing import RateEstimate, rate, ready_seconds
+from hearth.pool.sizing import RateEstimate, rate, ready_seconds, recent_rate
 
 READY_SAMPLES = 50
 
@@ -44,13 +44,16 @@ class DemandView:
 class DemandStore:
     """Demand observations of every pool under ``prefix``."""
 
-    def __init__(self, redis_client: redis.Redis, *, prefix: str = "hearth", fast_tau: float = 60.0,
-                 slow_tau: float = 900.0, ready_default: float = 10.0) -> None:
+    def __init__(self, redis_client: redis.Redis, *, prefix: str = "hearth", fast_tau: float = 20.0,
+                 slow_tau: float = 900.0, ready_default: float = 10.0, recent_window: float = 10.0) -> None:
+        """``recent_window``: the shortest span the last interval's lease rate is averaged over (the
+        heartbeat interval; ``sizing.recent_rate``)."""
         self.redis = redis_client
         self.prefix = prefix
         self.fast_tau = fast_tau
         self.slow_tau = slow_tau
         self.ready_default = ready_default
+        self.recent_window = recent_window
 
     def __repr__(self) -> str:
         return f"DemandStore(prefix={self.prefix!r})"
@@ -88,6 +91,8 @@ class DemandStore:
         new = int(leases - fields.get("seen", 0.0))
         fast = RateEstimate(fields.get("fast_rate", 0.0), fields.get("fast_at", now))
         slow = RateEstimate(fields.get("slow_rate", 0.0), fields.get("slow_at", now))
+        # The last interval's rate needs the time of the last fold; before the first one it is unknown.
+        recent = recent_rate(new, fast.at, now, window=self.recent_window) if "fast_at" in fields else 0.0
         if new > 0 or commit:
             fast = fast.observe(now, self.fast_tau, max(0, new))
             slow = slow.observe(now, self.slow_tau, max(0, new))
@@ -98,7 +103,7 @@ class DemandStore:
             })
         seconds = [float(s) for s in samples]
         return DemandView(
-            rate=rate(fast, slow, now, fast_tau=self.fast_tau, slow_tau=self.slow_tau),
+            rate=rate(fast, slow, now, fast_tau=self.fast_tau, slow_tau=self.slow_tau, recent=recent),
             ready_seconds=ready_seconds(seconds, default=self.ready_default),
             ready_samples=len(seconds),
             waiting=int(waiting),

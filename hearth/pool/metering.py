@@ -4,7 +4,13 @@ A container is billed from its create until its delete or its expiry, by memory 
 minimum per container (``settings.prices``). Hearth knows each of those moments: the record's
 ``bound_at`` (the create answered), its ``deadline`` (expiry) and the time it went GONE.
 
-Accrual is by heartbeat tick, not per transition: each tick of the leader adds, for every record
+The heartbeat bills from counters (``PoolStore.meter_advance``): every script that changes a record
+also integrates, per pool and category, the count of billed containers times the time since the
+previous change, so a tick reads a few numbers however many containers there are, and the time
+is exact to every state change (``CostLedger.bill``). The record-based path below (``tick``,
+``accrue``) is kept for the full-read planner and for the first tick of a pool's counters.
+
+Record-based accrual is by heartbeat tick, not per transition: each tick adds, for every record
 it already read, the part of the container's life that falls between the previous tick of that
 pool and now, to the bucket of the record's present state (``idle`` = READY, ``leased`` = LEASED,
 ``other`` = creating, seeding, harvesting, deleting, failed). Lifetimes are exact to the record's
@@ -30,10 +36,12 @@ import redis
 
 from hearth.errors import StateStoreError
 from hearth.pool.model import ContainerRecord, State
+from hearth.pool.store import MeterAdvance
 from settings.prices import PriceTable, TierPrice
 
 CATEGORIES = ("idle", "leased", "other")
 HOUR = 3600.0
+MAX_DIRECT_HOURS = 24 * 40  # a read of more hours than this goes through the pool's index of hours
 
 # Move a pool's "metered until" mark forward to ARGV[1] and return the old mark; never backwards,
 # so an old tick (a deposed leader's) neither counts a window twice nor reopens one.
@@ -111,6 +119,10 @@ def _hour(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y%m%d%H")
 
 
+def _hour_start(hour: str) -> float:
+    return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
+
+
 def _split_by_hour(start: float, seconds: float) -> list[tuple[str, float]]:
     parts: list[tuple[str, float]] = []
     t, end = start, start + seconds
@@ -182,6 +194,37 @@ class CostLedger:
         self.record(pool, tier, accrual)
         return accrual
 
+    def bill(self, pool: str, tier: str, advance: MeterAdvance) -> Accrual:
+        """Bill what the pool's counters integrated over one tick (``PoolStore.meter_advance``).
+
+        The container-seconds are exact to every state change (the scripts integrate count x
+        elapsed at each one); a window that crosses an hour is split in proportion to time, exact
+        unless a state changed inside that one window. Lives that ended pay their minimum once.
+        """
+        price = self.prices.tier(tier)
+        out = Accrual()
+        for cat in CATEGORIES:
+            seconds = advance.seconds.get(cat, 0.0)
+            if seconds > 0:
+                out.spans.append(Span(cat, advance.since, seconds))
+        for end, lived in advance.ended:
+            extra = price.billed_seconds(lived) - lived
+            if extra > 0:
+                out.minimum_usd.append((end, price.usd(extra)))
+        adds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        window = advance.until - advance.since
+        for span in out.spans:
+            parts = _split_by_hour(advance.since, window) if window > 0 else [(_hour(advance.until), 1.0)]
+            total = sum(part for _, part in parts)
+            for hour, part in parts:
+                seconds = span.seconds * part / total
+                adds[hour][f"s:{tier}:{span.category}"] += seconds
+                adds[hour][f"usd:{tier}"] += price.usd(seconds)
+        for at, usd in out.minimum_usd:
+            adds[_hour(at)][f"usd:{tier}"] += usd
+        self._write(pool, adds)
+        return out
+
     def record(self, pool: str, tier: str, accrual: Accrual) -> None:
         price = self.prices.tier(tier)
         adds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -191,6 +234,9 @@ class CostLedger:
                 adds[hour][f"usd:{tier}"] += price.usd(seconds)
         for at, usd in accrual.minimum_usd:
             adds[_hour(at)][f"usd:{tier}"] += usd
+        self._write(pool, adds)
+
+    def _write(self, pool: str, adds: dict[str, dict[str, float]]) -> None:
         if not adds:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -199,7 +245,13 @@ class CostLedger:
             for name, value in fields.items():
                 pipe.hincrbyfloat(key, name, value)
             pipe.expire(key, self.retention)
+            pipe.zadd(self.hours_key(pool), {hour: _hour_start(hour)})
+        pipe.expire(self.hours_key(pool), self.retention)
         self._run(pipe.execute)
+
+    def hours_key(self, pool: str) -> str:
+        """The pool's hours that have a bucket (scored by the hour's start): wide reads use it."""
+        return f"{self.prefix}:cost-hours:{pool}"
 
     def bucket_key(self, pool: str, at: float) -> str:
         return self._key(pool, _hour(at))
@@ -208,11 +260,17 @@ class CostLedger:
         """Aggregates of every hour that overlaps ``[since, now]`` (whole hours), per pool and tier."""
         hours: list[str] = []
         t = (since // HOUR) * HOUR
-        while t <= now:
+        while t <= now and len(hours) <= MAX_DIRECT_HOURS:
             hours.append(_hour(t))
             t += HOUR
+        direct = len(hours) <= MAX_DIRECT_HOURS
         out: dict[tuple[str, str], PoolCost] = {}
         for pool in pools:
+            if not direct:
+                # A window wider than the retention (``since=0``: half a million hours): only the
+                # hours that have a bucket, from the pool's index of them.
+                found = self._run(self.redis.zrangebyscore, self.hours_key(pool), (since // HOUR) * HOUR, now)
+                hours = [h.decode() if isinstance(h, bytes) else str(h) for h in found]
             pipe = self.redis.pipeline(transaction=False)
             for hour in hours:
                 pipe.hgetall(self._key(pool, hour))

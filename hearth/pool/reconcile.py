@@ -185,6 +185,21 @@ def action_from_json(data: dict[str, Any]) -> Action:
     return cls(**fields)
 
 
+@dataclass(frozen=True)
+class Unread:
+    """Records a tick did not read (``hearth.planner``'s index view): READY ones with current
+    inputs whose deadline is beyond the keepalive margin and that rank above every read READY
+    record (more life), and LEASED ones not lapsed, not near their deadline, no harvest due. They
+    occupy slots and count toward the target; nothing is due for them, so they get no action."""
+
+    ready: int = 0
+    leased: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.ready, self.leased) < 0:
+            raise ValueError("unread counts must not be negative")
+
+
 # --- the rules ------------------------------------------------------------------------------------
 
 
@@ -254,13 +269,18 @@ def reconcile(
     remote: Sequence[RemoteContainer] | None = None,
     breaker_open: bool = False,
     max_provision: int | None = None,
+    unread: Unread | None = None,
 ) -> list[Action]:
     """The actions that move ``records`` of ``desired.name`` toward ``desired`` at ``now``.
 
     ``remote`` (all containers the API lists, any pool) enables orphan and lost-container
     detection; without it the reconcile trusts the records. ``max_provision`` caps creates this
-    tick (1 while the breaker is half-open).
+    tick (1 while the breaker is half-open). ``unread``: records the caller did not read because
+    nothing is due for them (see :class:`Unread`); they count, and get no action.
     """
+    unread = unread or Unread()
+    if remote is not None and (unread.ready or unread.leased):
+        raise ValueError("a remote listing needs every record: orphans are the names no record has")
     pool = desired.name
     mine = [r for r in records if r.pool == pool]
     by_id = {c.id: c for c in remote} if remote is not None else None
@@ -327,22 +347,25 @@ def reconcile(
                 ready.append(r)
 
     # --- sizes ------------------------------------------------------------------------------------
-    n_leased = len(leased)
+    occupied += unread.ready + unread.leased
+    n_leased = len(leased) + unread.leased
     target = ready_target(desired, n_leased)
 
     def stale(r: ContainerRecord) -> bool:
         return r.inputs_digest != desired.inputs_digest
 
-    # Keep current inputs first, then most life left; the rest of READY is surplus.
+    # Keep current inputs first, then most life left; the rest of READY is surplus. Unread READY
+    # records rank first (current inputs, more life than any read one).
     ranked = sorted(ready, key=lambda r: (stale(r), -r.remaining(now), r.name))
-    kept, surplus = ranked[:target], ranked[target:]
+    kept_unread = min(unread.ready, target)
+    kept, surplus = ranked[: target - kept_unread], ranked[target - kept_unread :]
     for r in surplus:
         if not stale(r) and now - (r.bound_at or r.created_at) < desired.hold_surplus_seconds:
             continue  # paid for already: it lapses into a later tick's surplus (or serves a lease)
         retire(r, "stale-inputs" if stale(r) else "surplus", harvest=r.lease_count > 0)
 
     kept_stale = [r for r in kept if stale(r)]
-    shortfall = max(0, target - len(kept))
+    shortfall = max(0, target - len(kept) - kept_unread)
     deficit = max(0, shortfall - len(in_progress))
     # In-progress creates beyond the shortfall are replacements for stale READY ones already.
     replacing = max(0, len(in_progress) - shortfall)
@@ -356,7 +379,7 @@ def reconcile(
 
     # At max_total, rotation can only start by making room: retire the stale READY containers with
     # the least life (rotate_batch at a time) once nothing else is about to free a slot.
-    releasing = occupied - n_leased - len(in_progress) - len(ready)
+    releasing = occupied - n_leased - len(in_progress) - len(ready) - unread.ready
     forced: set[str] = set()
     if rotation and budget == 0 and releasing == 0 and not surplus and not breaker_open:
         for r in sorted(kept_stale, key=lambda r: (r.remaining(now), r.name))[:rotation]:

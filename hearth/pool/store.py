@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -90,6 +90,57 @@ class BreakerStatus:
         return f"{self.state.value} after {self.failures} create failures{until}: {self.reason or 'unknown'}"
 
 
+@dataclass(frozen=True)
+class MeterCounts:
+    """Containers billed now per category (a container behind the record, not GONE or EXPIRED)."""
+
+    idle: int = 0
+    leased: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.idle + self.leased + self.other
+
+    @classmethod
+    def of(cls, records: Iterable[ContainerRecord]) -> MeterCounts:
+        n = {"idle": 0, "leased": 0, "other": 0}
+        for r in records:
+            if r.container_id is None or r.state in (State.GONE, State.EXPIRED):
+                continue
+            n["idle" if r.state is State.READY else "leased" if r.state is State.LEASED else "other"] += 1
+        return cls(**n)
+
+
+@dataclass(frozen=True)
+class MeterAdvance:
+    """What one tick bills for a pool: container-seconds per category in ``(since, until]``, and
+    the lives that ended meanwhile (end, lived). ``first``: the counters' clock only started."""
+
+    since: float
+    until: float
+    seconds: dict[str, float]
+    ended: list[tuple[float, float]] = field(default_factory=list)
+    first: bool = False
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """A pool as a steady tick sees it: every count, and only the records something may be due for."""
+
+    pool: str
+    counts: dict[State, int]
+    records: list[ContainerRecord]
+    digests: dict[str, int]  # inputs digest -> READY records holding it
+    started: bool  # the counters are started (else: recount, and read every record this time)
+    meter: MeterCounts
+    deadline_sum: float  # of the billed containers that have a deadline
+    deadline_count: int
+    intents: int = 0  # intents ever written (``PoolStore.intents_written``), in the same snapshot
+    draining: bool = False
+    breaker: BreakerStatus | None = None
+
+
 class PoolStore:
     """Records of every container Hearth owns, per pool, in Redis under ``prefix``."""
 
@@ -112,6 +163,9 @@ class PoolStore:
         self._breaker_allow = redis_client.register_script(scripts.BREAKER_ALLOW)
         self._breaker_open = redis_client.register_script(scripts.BREAKER_OPEN)
         self._breaker_lift = redis_client.register_script(scripts.BREAKER_LIFT)
+        self._recount = redis_client.register_script(scripts.METER_RECOUNT)
+        self._meter_advance = redis_client.register_script(scripts.METER_ADVANCE)
+        self._view = redis_client.register_script(scripts.TICK_VIEW)
 
     def __repr__(self) -> str:
         return f"PoolStore(prefix={self.prefix!r})"
@@ -304,11 +358,85 @@ class PoolStore:
         With ``states``, only a record in one of them is deleted; otherwise Conflict.
         """
         wanted = _states(states)
-        reply = self._call(self._forget, name, ",".join(s.value for s in wanted))
+        reply = self._call(self._forget, name, ",".join(s.value for s in wanted), repr(round(self.clock.now(), 3)))
         status = _text(reply[0])
         if status == "conflict":
             raise Conflict(f"{name}: not forgotten, it is {_text(reply[1])}")
         return status == "ok"
+
+    # --- indexes: what a steady tick reads instead of every record --------------------------------
+
+    def intents_written(self, pool: str) -> int:
+        """Intents ever written in ``pool`` (a plan's provision, less those written since it)."""
+        raw = self._cmd(self.redis.get, self.pool_key(pool, "intents"))
+        return int(raw) if raw is not None else 0
+
+    def recount(self, pool: str) -> MeterCounts:
+        """Count every record of ``pool`` once, in Lua, and set the counters (starts or repairs them)."""
+        reply = self._call(self._recount, pool, repr(round(self.clock.now(), 3)))
+        return MeterCounts(idle=int(reply[0]), leased=int(reply[1]), other=int(reply[2]))
+
+    def counters_match(self, pool: str) -> bool:
+        """Whether the counters equal a full recount from the records (the slow consistency check)."""
+        records = self.records(pool)
+        view = self.view(pool, self.clock.now(), ready_horizon=float("-inf"), leased_horizon=float("-inf"),
+                         surplus=0, lapsed_before=float("-inf"))
+        if not view.started:
+            return False
+        want = MeterCounts.of(records)
+        digests: dict[str, int] = {}
+        for r in records:
+            if r.state is State.READY:
+                digests[r.inputs_digest] = digests.get(r.inputs_digest, 0) + 1
+        counts = {state: sum(1 for r in records if r.state is state) for state in State}
+        return view.meter == want and view.digests == digests and view.counts == counts
+
+    def meter_advance(self, pool: str, now: float, *, retention: int = 35 * 86400) -> MeterAdvance | None:
+        """Bill ``pool``'s container time since its previous tick: None when the counters are not
+        started (``recount`` first); an empty advance for the first or an old tick."""
+        reply = self._call(self._meter_advance, pool, repr(round(now, 3)), str(int(retention)))
+        status = _text(reply[0])
+        if status == "cold":
+            return None
+        if status == "old":
+            return MeterAdvance(since=now, until=now, seconds={})
+        if reply[1] is None:
+            return MeterAdvance(since=now, until=now, seconds={}, first=True)
+        since = float(_text(reply[1]))
+        seconds = dict(zip(("idle", "leased", "other"), (float(_text(v)) for v in reply[2:5]), strict=True))
+        ended = []
+        for raw in reply[5:]:
+            end, _, lived = _text(raw).partition(",")
+            ended.append((float(end), float(lived)))
+        return MeterAdvance(since=since, until=now, seconds=seconds, ended=ended)
+
+    def view(self, pool: str, now: float, *, ready_horizon: float, leased_horizon: float, surplus: int,
+             lapsed_before: float, harvest_before: float | None = None) -> PoolView:
+        """The counts of ``pool`` and only the records something may be due for (``scripts.TICK_VIEW``)."""
+        reply = self._call(
+            self._view, pool, repr(round(now, 3)), repr(ready_horizon), repr(leased_horizon), str(max(0, surplus)),
+            repr(lapsed_before), "" if harvest_before is None else repr(harvest_before),
+        )
+        states = list(State)
+        counts = {state: int(reply[i]) for i, state in enumerate(states)}
+        flat = reply[len(states)]
+        meter = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        dflat = reply[len(states) + 1]
+        digests = {_text(dflat[i]): int(dflat[i + 1]) for i in range(0, len(dflat), 2)}
+        n = len(states)
+        bflat = reply[n + 4]
+        records = sorted((ContainerRecord.from_json(raw) for raw in reply[n + 5:]),
+                         key=lambda r: (r.created_at, r.name))
+        started = meter.get("v") == "1"
+        return PoolView(
+            pool=pool, counts=counts, records=records, digests={d: n for d, n in digests.items() if n > 0},
+            started=started,
+            meter=MeterCounts(idle=int(meter.get("n:idle", 0)), leased=int(meter.get("n:leased", 0)),
+                              other=int(meter.get("n:other", 0))),
+            deadline_sum=float(meter.get("dsum", 0.0)), deadline_count=int(meter.get("dn", 0)),
+            intents=int(reply[n + 2]), draining=bool(int(reply[n + 3])),
+            breaker=self._breaker_from(pool, {_text(bflat[i]): _text(bflat[i + 1]) for i in range(0, len(bflat), 2)}),
+        )
 
     # --- breaker ---------------------------------------------------------------------------------
 
@@ -366,7 +494,9 @@ class PoolStore:
 
     def breaker_state(self, pool: str) -> BreakerStatus:
         raw = self._cmd(self.redis.hgetall, self.pool_key(pool, "breaker"))
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return self._breaker_from(pool, {_text(k): _text(v) for k, v in raw.items()})
+
+    def _breaker_from(self, pool: str, fields: dict[str, str]) -> BreakerStatus:
         failures = int(float(fields.get("failures", "0")))
         reason = fields.get("reason") or None
         if fields.get("state") != "open":

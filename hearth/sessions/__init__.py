@@ -11,7 +11,8 @@ a model response (``Sessions.after_response``).
 
 Where to read, in order:
 
-* ``core``: ``Sessions``, the decisions (lease, bind, end, after_response).
+* ``core``: ``SessionsCore``, the decisions (lease, bind, end, after_response) as sans-IO steps, and
+  ``Sessions``, its sync face; ``async_sessions``: ``AsyncSessions``, its face on ``redis.asyncio``.
 * ``records``: what Redis keeps (``SessionRecord``, keyed by the key's hash) and the per-session lock.
 * ``restore``: every file of the earlier containers back into a fresh one, byte for byte.
 * ``saving``: one save of the current container, and which of its files are saved already.
@@ -23,7 +24,8 @@ Privacy: the key is an app's string (often a user or conversation id). Only its 
 """
 
 from hearth.files.inputs import restore_name
-from hearth.sessions.core import INLINE_HARVEST_WAIT, Sessions
+from hearth.sessions.async_sessions import AsyncSessions
+from hearth.sessions.core import INLINE_HARVEST_WAIT, Sessions, SessionsCore
 from hearth.sessions.live import LIVE_SAVE_TASK, LiveSave, LiveSaves, save_period
 from hearth.sessions.records import (
     RecordStore,
@@ -37,7 +39,7 @@ from hearth.sessions.responses import Citation, SessionSave, citations
 from hearth.sessions.restore import RestoreItem
 
 __all__ = [
-    "INLINE_HARVEST_WAIT", "LIVE_SAVE_TASK", "Citation", "LiveSave", "LiveSaves", "RecordStore", "RestoreItem",
-    "SessionContainer", "SessionEnd", "SessionLease", "SessionRecord", "SessionSave", "Sessions", "citations",
-    "restore_name", "save_period", "session_hash",
+    "INLINE_HARVEST_WAIT", "LIVE_SAVE_TASK", "AsyncSessions", "Citation", "LiveSave", "LiveSaves", "RecordStore",
+    "RestoreItem", "SessionContainer", "SessionEnd", "SessionLease", "SessionRecord", "SessionSave", "Sessions",
+    "SessionsCore", "citations", "restore_name", "save_period", "session_hash",
 ]

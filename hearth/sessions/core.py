@@ -1,26 +1,36 @@
-"""``Sessions``: a sticky lease per conversation key, the face apps call (lease, end, after_response).
+"""Sessions: the session logic once (``SessionsCore``, sans IO) and its sync face ``Sessions``.
 
 The decisions live here; the parts it stands on are apart: ``records`` (what Redis keeps, the
 per-session lock), ``restore`` (files of earlier containers back into a fresh one), ``saving`` (a
 harvest of the current container, and what is saved already), ``live`` (the save every period) and
 ``responses`` (the citations of a model response).
+
+One core, two faces, as leases (``hearth.pool.leases``): ``SessionsCore`` yields the Redis commands
+and scripts it needs (``hearth.pool.effects``), its lease steps are ``LeaseCore``'s, and the file
+transfers (a harvest, a restore, a retrieve of the container) are ``Offload`` steps. ``Sessions``
+runs it on ``redis.Redis``; ``AsyncSessions`` (``hearth.sessions.async_sessions``) on
+``redis.asyncio``, with the transfers on a worker thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from hearth.errors import ConfigError, Conflict, ContainerExpired, HearthError, LeaseError, NotFound
+from hearth.errors import Conflict, ContainerExpired, HearthError, LeaseError, NotFound
 from hearth.events import log_event
 from hearth.files.harvest import HarvestPolicy, HarvestReport
 from hearth.files.lock import TokenFactory, random_token
 from hearth.files.storage import StorageTarget
 from hearth.operations import all_but_inputs_policy, pinned_target
+from hearth.pool.effects import Batch, Command, Offload, Steps, SyncIO
+from hearth.pool.effects import Enqueue as Send
 from hearth.pool.leases import Lease
 from hearth.pool.model import ContainerRecord, State
+from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions import restore as restoring
 from hearth.sessions.live import LiveSaves
@@ -31,12 +41,12 @@ from hearth.sessions.records import (
     SessionLease,
     SessionRecord,
     session_hash,
-    still_ours,
+    still_ours_steps,
 )
-from hearth.sessions.responses import SessionSave, citations
+from hearth.sessions.responses import Citation, SessionSave, citations
 from hearth.sessions.restore import RestoreItem
 from hearth.sessions.saving import save_current
-from settings.pools import OutputRules, PoolSpec
+from settings.pools import PoolSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +55,18 @@ Enqueue = Callable[[str, list[Any]], None]
 INLINE_HARVEST_WAIT = 30.0  # how long a lease, an end or a save waits for another harvest of the same container
 
 
-class Sessions:
-    """Session leases over one :class:`Runtime`; ``enqueue(task_name, args)`` sends retires and harvests.
+class SessionsCore:
+    """The session logic without IO: ``lease``, ``end`` and ``save_after`` return Steps for a face to run.
 
     ``verify_after``: a lease re-checks the container with one retrieve when it was last seen alive
     longer ago than this (or Hearth's deadline for it passed); in between, same-key leases are Redis
     only. ``lock_wait``: how long a lease waits for another process binding the same key.
+    ``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``).
     """
 
     def __init__(
         self,
         runtime: Runtime,
-        enqueue: Enqueue,
         *,
         verify_after: float = 30.0,
         lock_ttl: float = 300.0,
@@ -64,65 +74,51 @@ class Sessions:
         harvest_every: float = 2.0,
         tokens: TokenFactory | None = None,
     ) -> None:
-        """``tokens``: randomness for lock tokens (default: ``hearth.files.lock.random_token``)."""
         self.tokens = tokens or random_token
         self.rt = runtime
-        self.enqueue = enqueue
         self.store = runtime.store
         self.clock = runtime.clock
+        self.leases = runtime.leases.core
         self.verify_after = verify_after
         self.harvest_every = harvest_every
         self.records = RecordStore(runtime, lock_ttl=lock_ttl, lock_wait=lock_wait, tokens=self.tokens)
         self.live = LiveSaves(runtime, self.records, tokens=self.tokens)
-
-    def __repr__(self) -> str:
-        return f"Sessions(runtime={self.rt!r})"
-
-    # --- records -------------------------------------------------------------------------------
-
-    def get(self, session: str) -> SessionRecord | None:
-        """The record of a session key (None when unknown or expired from Redis)."""
-        return self.records.load(session_hash(session))
-
-    def load(self, sid: str) -> SessionRecord | None:
-        return self.records.load(sid)
 
     def idle_window(self, spec: PoolSpec) -> float:
         return float(spec.lease.session_idle_seconds or self.rt.settings.session_idle)
 
     # --- lease ---------------------------------------------------------------------------------
 
-    def lease(self, pool: str, session: str, *, verify: bool | None = None, wait: float | None = None) -> SessionLease:
-        """The session's container: the same one while it lives, else a fresh one with the files restored.
-
-        ``verify``: True always retrieves the container first, False never does, None (default)
-        does when it was last seen alive more than ``verify_after`` s ago or is past its deadline.
-        ``wait``: how long to wait for a ready container when the pool is empty (default: the pool's).
-        """
+    def lease(self, pool: str, session: str, *, verify: bool | None = None,
+              wait: float | None = None) -> Steps[SessionLease]:
         sid = session_hash(session)
         spec = self.rt.pool(pool)
-        rec = self.load(sid)
+        rec = yield from self.records.load_steps(sid)
         if rec is not None and rec.pool != pool:
             raise LeaseError(f"session {sid} belongs to pool {rec.pool!r}, not {pool!r}")
         if rec is not None and not rec.restoring:
-            current = self._current(rec, spec, verify)
+            current = yield from self._current(rec, spec, verify)
             if current is not None:
                 return current
-        with self.records.locked(sid) as renew:
-            rec = self.load(sid)  # another process may have bound it while we waited
+        token = yield from self.records.acquire(sid)
+        try:
+            renew = self.records.renewer(sid, token)
+            rec = yield from self.records.load_steps(sid)  # another process may have bound it while we waited
             if rec is not None and rec.pool != pool:
                 raise LeaseError(f"session {sid} belongs to pool {rec.pool!r}, not {pool!r}")
             if rec is not None and not rec.restoring:
-                current = self._current(rec, spec, verify)
+                current = yield from self._current(rec, spec, verify)
                 if current is not None:
                     return current
-            if rec is not None and rec.restoring and still_ours(self.rt, rec) is not None:
-                return self._finish_restore(rec, spec, renew)  # a restore interrupted by a crash: resume it
-            return self._bind(sid, pool, spec, rec, wait, renew)
+            if rec is not None and rec.restoring and (yield from still_ours_steps(self.leases, rec)) is not None:
+                return (yield from self._finish_restore(rec, spec, renew))  # interrupted by a crash: resume it
+            return (yield from self._bind(sid, pool, spec, rec, wait, renew))
+        finally:
+            yield from self.records.unlock(sid, token)
 
-    def _current(self, rec: SessionRecord, spec: PoolSpec, verify: bool | None) -> SessionLease | None:
+    def _current(self, rec: SessionRecord, spec: PoolSpec, verify: bool | None) -> Steps[SessionLease | None]:
         """Renew and return the session's container if it is still alive; None when it must be replaced."""
-        crec = still_ours(self.rt, rec)
+        crec = yield from still_ours_steps(self.leases, rec)
         if crec is None or rec.lease_id is None or crec.container_id is None:
             return None
         now = self.clock.now()
@@ -133,21 +129,23 @@ class Sessions:
                 or (crec.deadline is not None and crec.deadline <= now)
             )
         if verify:
-            if not self._alive(crec):
+            if not (yield Offload(self._alive, (crec,))):
                 return None
             rec.verified_at = now
         try:
-            renewed = self.rt.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
+            renewed = yield from self.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
         except LeaseError:
             return None
         rec.last_used_at = now
-        self.records.touch(rec)
-        self.live.schedule(rec, keep=True)  # self-healing: a session in use is on the live-save schedule
-        self._harvest_soon(rec.session_id)
+        yield from self.records.touch_steps(rec)
+        yield from self.live.schedule_steps(rec, keep=True)  # self-healing: a session in use is on the schedule
+        yield from self._harvest_soon(rec.session_id)
         return self._lease_of(rec, renewed)
 
     def _alive(self, crec: ContainerRecord) -> bool:
-        """One retrieve (it also keeps the container alive); a dead container's record is marked EXPIRED."""
+        """One retrieve (it also keeps the container alive); a dead container's record is marked EXPIRED.
+
+        Blocking work (the sync API client): run as an ``Offload`` step."""
         assert crec.container_id is not None
         try:
             container = self.rt.client.retrieve_container(crec.container_id)
@@ -174,17 +172,17 @@ class Sessions:
         )
 
     def _bind(self, sid: str, pool: str, spec: PoolSpec, rec: SessionRecord | None, wait: float | None,
-              renew: Callable[[], None] | None = None) -> SessionLease:
+              renew: Callable[[], None] | None = None) -> Steps[SessionLease]:
         """Take a fresh container for the session (under its lock); restore files if it had any before."""
         now = self.clock.now()
         if rec is not None:
-            self._let_go(rec)
-        lease = self._take(pool, spec, sid, wait)
-        crec = self.store.by_container_id(lease.container_id)
+            yield from self._let_go(rec)
+        lease = yield from self._take(pool, spec, sid, wait)
+        crec = yield from self.leases.by_container_id(lease.container_id)
         if crec is None:
             raise LeaseError(f"session {sid}: container {lease.container_id} has no record", temporary=True)
         # The same target every harvest of this container uses (the pool's too): one root, one manifest.
-        target = pinned_target(self.rt, crec, lease_id=lease.lease_id)
+        target = yield Offload(functools.partial(pinned_target, self.rt, crec, lease_id=lease.lease_id))
         created = rec is None
         had_before = rec is not None and bool(rec.history)
         if rec is None:
@@ -195,69 +193,74 @@ class Sessions:
         rec.lease_id, rec.token = lease.lease_id, lease.token
         rec.verified_at, rec.last_used_at, rec.ended = now, now, False
         rec.restoring, rec.restored_files, rec.renamed = had_before, [], {}
-        self.records.save(rec)
-        self.live.schedule(rec)
+        yield from self.records.save_steps(rec)
+        yield from self.live.schedule_steps(rec)
         log_event(log, "session.bound", pool=pool, session=sid, container_id=lease.container_id,
                   restoring=had_before)
         if had_before:
-            return self._finish_restore(rec, spec, renew)
+            return (yield from self._finish_restore(rec, spec, renew))
         return self._lease_of(rec, lease, created=created)
 
     def _finish_restore(
         self, rec: SessionRecord, spec: PoolSpec, renew: Callable[[], None] | None = None
-    ) -> SessionLease:
+    ) -> Steps[SessionLease]:
         assert rec.lease_id is not None
-        files = self.restore(rec, spec, renew=renew)
+        files = yield Offload(functools.partial(restoring.restore, self.rt, rec, spec, renew=renew))
         rec.restoring, rec.restored_files = False, files
         rec.last_used_at = self.clock.now()
-        renewed = self.rt.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
-        self.records.save(rec)
+        renewed = yield from self.leases.renew(rec.lease_id, self.idle_window(spec), token=rec.token)
+        yield from self.records.save_steps(rec)
         log_event(log, "session.restored", pool=rec.pool, session=rec.session_id, container_id=rec.container_id,
                   files=len(files))
         return self._lease_of(rec, renewed, restored=True, files=files, renamed=rec.renamed)
 
-    def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Lease:
+    def _take(self, pool: str, spec: PoolSpec, sid: str, wait: float | None) -> Steps[Lease]:
+        """A READY container of the pool for the session, counted as pool demand like any lease.
+
+        A bind takes a spare exactly as ``HearthPools.lease`` does, so ``buffer: auto`` must see it
+        in the arrival rate (else a pool that serves sessions is sized for less than it serves) and
+        a budget must keep a container for a bind that waits. Same-key turns (``_current``) take no
+        container and are not counted.
+        """
         rules = spec.lease
         ttl = self.idle_window(spec)
-        got = self.rt.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
-                                       holder="session", session_key_hash=sid)
-        if got is not None:
-            return got
-        if self.rt.redis.set(self.store.key("pending", "reconcile"), "1", nx=True, px=2000):
-            self.enqueue("hearth.reconcile", [])
-        return self.rt.leases.lease(
-            pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
-            wait_seconds=float(wait if wait is not None else rules.wait_seconds),
-            holder="session", session_key_hash=sid,
-        )
+        started = self.clock.now()
+        costs = self.rt.costs
+        got = yield from self.leases.try_lease(pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds,
+                                               holder="session", session_key_hash=sid)
+        if got is None:
+            # Registered as waiting first, so the fill it asks for already counts this bind.
+            waited = float(wait if wait is not None else rules.wait_seconds)
+            waiting_key, ident = costs.demand.key(pool, "waiting"), self.tokens()
+            yield Command("zadd", (waiting_key, {ident: started + waited}))
+            try:
+                yield from FillRequests(self.store).ask_steps(pool)
+                got = yield from self.leases.lease(
+                    pool, ttl=ttl, min_remaining=rules.min_remaining_on_claim_seconds, wait_seconds=waited,
+                    holder="session", session_key_hash=sid,
+                )
+            finally:
+                yield Command("zrem", (waiting_key, ident))
+        yield Batch(tuple(Command(command, args) for command, args in costs.lease_counters(spec, self.clock.now())))
+        return got
 
-    def _let_go(self, rec: SessionRecord) -> None:
+    def _let_go(self, rec: SessionRecord) -> Steps[None]:
         """Before replacing the session's container: save what it still holds, and hand it to retire."""
         if rec.container_id is None:
             return
-        crec = self.store.by_container_id(rec.container_id)
+        crec = yield from self.leases.by_container_id(rec.container_id)
         if crec is None or crec.state not in (State.LEASED, State.HARVESTING):
             return  # expired, failed or gone: its last harvest is all there is
-        with contextlib.suppress(HearthError):
-            self.harvest_current(rec, wait=INLINE_HARVEST_WAIT)  # best effort: an expired container just reports so
+        with contextlib.suppress(HearthError):  # best effort: an expired container just reports so
+            yield Offload(functools.partial(self.harvest_current, rec, wait=INLINE_HARVEST_WAIT))
         if crec.state is State.LEASED and crec.lease_id == rec.lease_id and rec.lease_id is not None:
             try:
-                released = self.rt.leases.release(rec.container_id, rec.lease_id, token=rec.token)
+                released = yield from self.leases.release(rec.container_id, rec.lease_id, token=rec.token)
             except LeaseError:
                 return
-            self.enqueue("hearth.retire", [released.name])
+            yield Send("hearth.retire", [released.name])
 
-    # --- harvest and restore -------------------------------------------------------------------
-
-    def _outputs(self, pool: str) -> OutputRules:
-        try:
-            return self.rt.pool(pool).outputs
-        except ConfigError:
-            return OutputRules()
-
-    def policy(self, pool: str, files: list[Any]) -> HarvestPolicy:
-        """The pool's harvest rules, but every source, and never the pool's own inputs."""
-        return all_but_inputs_policy(self.rt, pool, files)
+    # --- harvest (blocking work: the sync API client and storage) ------------------------------
 
     def harvest_current(self, rec: SessionRecord, *, wait: float = 0.0) -> HarvestReport | None:
         """Copy the session container's files (outputs and uploads) to its recorded target.
@@ -265,51 +268,30 @@ class Sessions:
         Under the container's harvest lock (``Busy`` when another harvest keeps it ``wait`` s)."""
         return save_current(self.rt, self.records, rec, wait=wait, tokens=self.tokens)
 
-    def harvest(self, session_id: str) -> HarvestReport | None:
-        """Harvest the current container of the session with this hash (the task's entry point)."""
-        rec = self.load(session_id)
-        return None if rec is None else self.harvest_current(rec)
-
-    def _harvest_soon(self, sid: str) -> None:
+    def _harvest_soon(self, sid: str) -> Steps[None]:
         # Each turn starts with a lease: what the previous turn wrote or uploaded is saved now.
-        if self.rt.redis.set(self.records.key(sid, "harvest"), "1", nx=True,
-                             px=max(1, int(self.harvest_every * 1000))):
-            self.enqueue("hearth.session_harvest", [sid])
-
-    def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, RestoreItem]:
-        """See :func:`hearth.sessions.restore.plan`."""
-        return restoring.plan(self.rt, rec, spec)
-
-    def restore(self, rec: SessionRecord, spec: PoolSpec, *, renew: Callable[[], None] | None = None) -> list[str]:
-        """See :func:`hearth.sessions.restore.restore`."""
-        return restoring.restore(self.rt, rec, spec, renew=renew)
+        px = max(1, int(self.harvest_every * 1000))
+        if (yield Command("set", (self.records.key(sid, "harvest"), "1"), {"nx": True, "px": px})):
+            yield Send("hearth.session_harvest", [sid])
 
     # --- after a model response ----------------------------------------------------------------
 
-    def after_response(self, session: str, response: Any = None) -> SessionSave:
-        """Save now the files a model response cites in the session's container, and everything else new.
-
-        ``response``: a Responses API response (the official SDK's ``Response`` or its dict), or None
-        to save what is new without citations. Citations of any other container are refused (listed
-        in ``refused``, nothing read from it). An unknown or ended session is an answer
-        (``found=False`` or no container), not an error. A save that fails is reported
-        (``failures``, ``complete=False``) and the live save tries again at its next period.
-        """
-        return self.save_after(session_hash(session), response)
-
-    def save_after(self, sid: str, response: Any = None) -> SessionSave:
-        """``after_response`` by the key's hash (what the task and CLI pass along)."""
+    def save_after(self, sid: str, response: Any = None) -> Steps[SessionSave]:
         cites = citations(response)
-        rec = self.load(sid)
+        rec = yield from self.records.load_steps(sid)
         if rec is None:
             return SessionSave(sid, found=False, message="unknown session (never leased, or past its retention)",
                                refused=[_refused(c, "unknown session") for c in cites])
         here = rec.current
-        if here is None or still_ours(self.rt, rec) is None:
+        if here is None or (yield from still_ours_steps(self.leases, rec)) is None:
             why = "the session has ended" if rec.ended else "the session has no container of its own now"
             return SessionSave(sid, found=True, message=f"{why}: nothing to save",
                                refused=[_refused(c, why) for c in cites])
-        cid = here.container_id
+        return (yield Offload(self._save_cited, (rec, here, cites)))
+
+    def _save_cited(self, rec: SessionRecord, here: SessionContainer, cites: list[Citation]) -> SessionSave:
+        """The save after a response, and what became of each citation (blocking work: an ``Offload``)."""
+        sid, cid = rec.session_id, here.container_id
         refused = [_refused(c, f"not this session's container ({cid})") for c in cites if c.container_id != cid]
         mine = [c for c in cites if c.container_id == cid]
         report = self.harvest_current(rec, wait=INLINE_HARVEST_WAIT)
@@ -348,6 +330,142 @@ class Sessions:
 
     # --- end -----------------------------------------------------------------------------------
 
+    def end(self, sid: str, *, harvest: bool = True, forget: bool = False) -> Steps[SessionEnd]:
+        token = yield from self.records.acquire(sid)
+        try:
+            return (yield from self._end_locked(sid, harvest=harvest, forget=forget))
+        finally:
+            yield from self.records.unlock(sid, token)
+
+    def _end_locked(self, sid: str, *, harvest: bool, forget: bool) -> Steps[SessionEnd]:
+        rec = yield from self.records.load_steps(sid)
+        yield from self.live.unschedule_steps(sid)
+        if rec is None:
+            return SessionEnd(session_id=sid, found=False)
+        cid, harvested, retiring = rec.container_id, 0, False
+        crec = yield from still_ours_steps(self.leases, rec)
+        if crec is not None and rec.lease_id is not None and cid is not None:
+            if harvest:
+                report = yield Offload(functools.partial(self.harvest_current, rec, wait=INLINE_HARVEST_WAIT))
+                if report is not None:
+                    if not report.complete and not report.expired:
+                        yield from self.live.schedule_steps(rec)  # still ours: keep saving it until an end succeeds
+                        raise HearthError(
+                            f"session {sid}: last harvest of {cid} incomplete ({report.failures} failed)",
+                            temporary=True,
+                        )
+                    harvested = report.files + report.already
+            try:
+                released = yield from self.leases.release(cid, rec.lease_id, token=rec.token)
+                yield Send("hearth.retire", [released.name])
+                retiring = True
+            except LeaseError:
+                pass  # lapsed and reclaimed meanwhile: the reclaim already retires it
+        if forget:
+            yield from self.records.delete_steps(sid)
+        else:
+            rec.container_id, rec.name, rec.lease_id, rec.token = None, None, None, None
+            rec.ended, rec.restoring, rec.last_used_at = True, False, self.clock.now()
+            yield from self.records.save_steps(rec)
+        log_event(log, "session.ended", pool=rec.pool, session=sid, container_id=cid)
+        return SessionEnd(session_id=sid, found=True, container_id=cid, harvested_files=harvested,
+                          retiring=retiring, forgotten=forget)
+
+
+class Sessions:
+    """Session leases over one :class:`Runtime` (the sync face of :class:`SessionsCore`);
+    ``enqueue(task_name, args)`` sends retires and harvests. Arguments as :class:`SessionsCore`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        enqueue: Enqueue,
+        *,
+        verify_after: float = 30.0,
+        lock_ttl: float = 300.0,
+        lock_wait: float = 300.0,
+        harvest_every: float = 2.0,
+        tokens: TokenFactory | None = None,
+    ) -> None:
+        self.core = SessionsCore(runtime, verify_after=verify_after, lock_ttl=lock_ttl, lock_wait=lock_wait,
+                                 harvest_every=harvest_every, tokens=tokens)
+        self.tokens = self.core.tokens
+        self.rt = runtime
+        self.enqueue = enqueue
+        self.store = runtime.store
+        self.clock = runtime.clock
+        self.records = self.core.records
+        self.live = self.core.live
+        self.io = SyncIO(runtime.redis, runtime.store.prefix, runtime.clock, enqueue=enqueue)
+
+    def __repr__(self) -> str:
+        return f"Sessions(runtime={self.rt!r})"
+
+    # --- records -------------------------------------------------------------------------------
+
+    def get(self, session: str) -> SessionRecord | None:
+        """The record of a session key (None when unknown or expired from Redis)."""
+        return self.records.load(session_hash(session))
+
+    def load(self, sid: str) -> SessionRecord | None:
+        return self.records.load(sid)
+
+    def idle_window(self, spec: PoolSpec) -> float:
+        return self.core.idle_window(spec)
+
+    # --- lease ---------------------------------------------------------------------------------
+
+    def lease(self, pool: str, session: str, *, verify: bool | None = None, wait: float | None = None) -> SessionLease:
+        """The session's container: the same one while it lives, else a fresh one with the files restored.
+
+        ``verify``: True always retrieves the container first, False never does, None (default)
+        does when it was last seen alive more than ``verify_after`` s ago or is past its deadline.
+        ``wait``: how long to wait for a ready container when the pool is empty (default: the pool's).
+        """
+        return self.io.run(self.core.lease(pool, session, verify=verify, wait=wait))
+
+    # --- harvest and restore -------------------------------------------------------------------
+
+    def policy(self, pool: str, files: list[Any]) -> HarvestPolicy:
+        """The pool's harvest rules, but every source, and never the pool's own inputs."""
+        return all_but_inputs_policy(self.rt, pool, files)
+
+    def harvest_current(self, rec: SessionRecord, *, wait: float = 0.0) -> HarvestReport | None:
+        """See :meth:`SessionsCore.harvest_current`."""
+        return self.core.harvest_current(rec, wait=wait)
+
+    def harvest(self, session_id: str) -> HarvestReport | None:
+        """Harvest the current container of the session with this hash (the task's entry point)."""
+        rec = self.load(session_id)
+        return None if rec is None else self.harvest_current(rec)
+
+    def restore_plan(self, rec: SessionRecord, spec: PoolSpec) -> dict[str, RestoreItem]:
+        """See :func:`hearth.sessions.restore.plan`."""
+        return restoring.plan(self.rt, rec, spec)
+
+    def restore(self, rec: SessionRecord, spec: PoolSpec, *, renew: Callable[[], None] | None = None) -> list[str]:
+        """See :func:`hearth.sessions.restore.restore`."""
+        return restoring.restore(self.rt, rec, spec, renew=renew)
+
+    # --- after a model response ----------------------------------------------------------------
+
+    def after_response(self, session: str, response: Any = None) -> SessionSave:
+        """Save now the files a model response cites in the session's container, and everything else new.
+
+        ``response``: a Responses API response (the official SDK's ``Response`` or its dict), or None
+        to save what is new without citations. Citations of any other container are refused (listed
+        in ``refused``, nothing read from it). An unknown or ended session is an answer
+        (``found=False`` or no container), not an error. A save that fails is reported
+        (``failures``, ``complete=False``) and the live save tries again at its next period.
+        """
+        return self.save_after(session_hash(session), response)
+
+    def save_after(self, sid: str, response: Any = None) -> SessionSave:
+        """``after_response`` by the key's hash (what the task and CLI pass along)."""
+        return self.io.run(self.core.save_after(sid, response))
+
+    # --- end -----------------------------------------------------------------------------------
+
     def end_session(self, session: str, *, harvest: bool = True, forget: bool = False) -> SessionEnd:
         """Harvest a last time, release the container (it is retired), keep the record for a later restore.
 
@@ -357,40 +475,7 @@ class Sessions:
 
     def end(self, sid: str, *, harvest: bool = True, forget: bool = False) -> SessionEnd:
         """``end_session`` by the key's hash (what the task and CLI pass along)."""
-        with self.records.locked(sid):
-            rec = self.load(sid)
-            if rec is None:
-                self.live.unschedule(sid)
-                return SessionEnd(session_id=sid, found=False)
-            self.live.unschedule(sid)
-            cid, harvested, retiring = rec.container_id, 0, False
-            crec = still_ours(self.rt, rec)
-            if crec is not None and rec.lease_id is not None and cid is not None:
-                if harvest:
-                    report = self.harvest_current(rec, wait=INLINE_HARVEST_WAIT)
-                    if report is not None:
-                        if not report.complete and not report.expired:
-                            self.live.schedule(rec)  # still ours: keep saving it until an end succeeds
-                            raise HearthError(
-                                f"session {sid}: last harvest of {cid} incomplete ({report.failures} failed)",
-                                temporary=True,
-                            )
-                        harvested = report.files + report.already
-                try:
-                    released = self.rt.leases.release(cid, rec.lease_id, token=rec.token)
-                    self.enqueue("hearth.retire", [released.name])
-                    retiring = True
-                except LeaseError:
-                    pass  # lapsed and reclaimed meanwhile: the reclaim already retires it
-            if forget:
-                self.records.delete(sid)
-            else:
-                rec.container_id, rec.name, rec.lease_id, rec.token = None, None, None, None
-                rec.ended, rec.restoring, rec.last_used_at = True, False, self.clock.now()
-                self.records.save(rec)
-            log_event(log, "session.ended", pool=rec.pool, session=sid, container_id=cid)
-            return SessionEnd(session_id=sid, found=True, container_id=cid, harvested_files=harvested,
-                              retiring=retiring, forgotten=forget)
+        return self.io.run(self.core.end(sid, harvest=harvest, forget=forget))
 
 
 def _refused(c: Any, reason: str) -> dict[str, Any]:

@@ -10,7 +10,11 @@ its due time even though ticks are ``HEARTH_HEARTBEAT_INTERVAL`` apart. The task
 one request: the container's files newest first, stopping at the newest one already saved
 (``saving.scan_new``); only when that shows something new does it harvest. Then it puts the session
 back in the set one period later. A claimed save whose task never reports back is claimed again
-after ``claim_ttl`` (a lost message costs one period or so, never the session's saves).
+after ``claim_ttl`` (a lost message costs one period or so, never the session's saves). When the
+workers fall behind by more than ``claim_ttl``, that second claim is a duplicate of a save still
+queued: a save that finds the session listed less than half a period ago makes no request and
+only puts it back on the schedule (``<prefix>:session:<hash>:listed``), so a backlog costs Redis
+reads, not API requests (``bench/sessions.py`` showed the backlog).
 
 Request rate: one listing per active session per period, ``active / period`` requests per second
 (1,000 sessions at the default 15 s: ~67/s, 4,000/min), plus the copies of files that are new.
@@ -31,6 +35,7 @@ from typing import Any
 from hearth.errors import Busy, ConfigError, Conflict, ContainerExpired, NotFound
 from hearth.events import log_event
 from hearth.files.lock import TokenFactory
+from hearth.pool.effects import Command, Steps
 from hearth.pool.model import State
 from hearth.runtime import Runtime
 from hearth.sessions.records import RecordStore, SessionRecord, still_ours
@@ -118,22 +123,32 @@ class LiveSaves:
         """Sessions on the schedule (one ZCARD)."""
         return int(self._cmd(self.rt.redis.zcard, self.due_key))
 
-    def period(self, pool: str) -> float:
+    def period_steps(self, pool: str) -> Steps[float]:
         """The pool's period, stretched by the rate limit (a ZCARD only when a limit is set)."""
         rpm = self.rt.settings.api_requests_per_minute
         base = self.base_period(pool)
-        return save_period(base, self.active() if rpm and base > 0 else 0, rpm)
+        active = int((yield Command("zcard", (self.due_key,)))) if rpm and base > 0 else 0
+        return save_period(base, active, rpm)
+
+    def schedule_steps(self, rec: SessionRecord, *, keep: bool = False) -> Steps[None]:
+        """Put the session on the schedule, due one period from now; ``keep``: leave an existing entry."""
+        period = yield from self.period_steps(rec.pool)
+        if period <= 0:
+            yield from self.unschedule_steps(rec.session_id)
+            return
+        yield Command("zadd", (self.due_key, {rec.session_id: self.rt.clock.now() + period}), {"nx": keep})
+
+    def unschedule_steps(self, sid: str) -> Steps[None]:
+        yield Command("zrem", (self.due_key, sid))
+
+    def period(self, pool: str) -> float:
+        return self.rt.leases.io.run(self.period_steps(pool))
 
     def schedule(self, rec: SessionRecord, *, keep: bool = False) -> None:
-        """Put the session on the schedule, due one period from now; ``keep``: leave an existing entry."""
-        period = self.period(rec.pool)
-        if period <= 0:
-            self.unschedule(rec.session_id)
-            return
-        self._cmd(self.rt.redis.zadd, self.due_key, {rec.session_id: self.rt.clock.now() + period}, nx=keep)
+        self.rt.leases.io.run(self.schedule_steps(rec, keep=keep))
 
     def unschedule(self, sid: str) -> None:
-        self._cmd(self.rt.redis.zrem, self.due_key, sid)
+        self.rt.leases.io.run(self.unschedule_steps(sid))
 
     def due_at(self, sid: str) -> float | None:
         score = self._cmd(self.rt.redis.zscore, self.due_key, sid)
@@ -193,6 +208,10 @@ class LiveSaves:
         if rec.restoring:
             return self._again(rec, LiveSave(sid, active=True, detail="a restore is running"))
         here = rec.current
+        listed = self._listed_at(sid)
+        if listed is not None and self.rt.clock.now() - listed < self.period(rec.pool) / 2:
+            return self._again(rec, LiveSave(sid, active=True, detail="listed moments ago (a duplicate save)"),
+                               since=listed)
         state = load_state(self.records, sid).of(here.container_id)
         try:
             new = scan_new(self.rt.client, here.container_id, state.known)
@@ -204,12 +223,16 @@ class LiveSaves:
                 self.rt.store.transition(crec.name, State.LEASED, State.EXPIRED, error=f"expired: {exc}"[:200])
             log_event(log, "session.container_lost", pool=rec.pool, session=sid, container_id=here.container_id)
             return LiveSave(sid, active=False, detail=f"container gone: {exc}")
+        self._cmd(self.rt.redis.set, self.records.key(sid, "listed"), repr(self.rt.clock.now()),
+                  ex=max(1, math.ceil(self.period(rec.pool))))
         if not new and not state.retry:
             return self._again(rec, LiveSave(sid, active=True))
         try:
             report = save_current(self.rt, self.records, rec, tokens=self.tokens)
         except Busy:
-            # Another harvest of this container is copying the same files right now: look again soon.
+            # Another harvest of this container is copying the same files right now: look again soon
+            # (a real look: this listing must not count as a done save).
+            self._cmd(self.rt.redis.delete, self.records.key(sid, "listed"))
             return self._again(rec, LiveSave(sid, active=True, new=len(new), detail="another harvest was running"),
                                period=BUSY_RETRY)
         if report is None:
@@ -222,12 +245,21 @@ class LiveSaves:
                                          failures=report.failures,
                                          detail="container expired while saving" if report.expired else ""))
 
-    def _again(self, rec: SessionRecord, result: LiveSave, *, period: float | None = None) -> LiveSave:
-        """Reschedule (only if still on the schedule: an end meanwhile took it off) and say when."""
+    def _listed_at(self, sid: str) -> float | None:
+        raw = self._cmd(self.rt.redis.get, self.records.key(sid, "listed"))
+        return None if raw is None else float(raw)
+
+    def _again(self, rec: SessionRecord, result: LiveSave, *, period: float | None = None,
+               since: float | None = None) -> LiveSave:
+        """Reschedule (only if still on the schedule: an end meanwhile took it off) and say when.
+
+        ``since``: the period counts from then (the last listing), not from now."""
         wait = self.period(rec.pool) if period is None else period
         if wait <= 0:
             self.unschedule(rec.session_id)
             return result
-        self._cmd(self.rt.redis.zadd, self.due_key, {rec.session_id: self.rt.clock.now() + wait}, xx=True)
+        now = self.rt.clock.now()
+        due = (now if since is None else since) + wait
+        self._cmd(self.rt.redis.zadd, self.due_key, {rec.session_id: due}, xx=True)
         return LiveSave(result.session_id, result.active, result.new, result.saved, result.failures,
-                        round(wait, 3), result.detail)
+                        round(due - now, 3), result.detail)

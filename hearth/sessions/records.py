@@ -4,6 +4,12 @@ A session is one JSON record at ``<prefix>:session:<hash>`` (``SessionRecord``),
 ``HEARTH_SESSION_RETENTION`` after its last save. The key an app chose never reaches Redis: only its
 hash (``session_hash``). This module knows nothing of leases, restores or harvests; the rest of the
 package reads and writes records through ``RecordStore``.
+
+Each Redis operation is written once, as sans-IO steps (``hearth.pool.effects``: ``load_steps``,
+``save_steps``, ``touch_steps``, ``acquire``/``unlock``, ``still_ours_steps``), so the session
+logic runs them on ``redis.Redis`` (``Sessions``) or on ``redis.asyncio`` (``AsyncSessions``); the
+plain methods (``load``, ``save``, ``locked``...) run the same steps on the runtime's sync client,
+for the worker's tasks and the live save.
 """
 
 from __future__ import annotations
@@ -14,17 +20,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from pydantic import BaseModel, ConfigDict
 
-from hearth.errors import LeaseError, StateStoreError
+from hearth.errors import LeaseError
 from hearth.files.lock import TokenFactory, random_token
+from hearth.pool.effects import Command, Pause, Steps, SyncIO
+from hearth.pool.leases import LeaseCore
 from hearth.pool.model import ContainerRecord, State
 from hearth.runtime import Runtime
 
 _HASH_CONTEXT = b"hearth-session\x00"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+# Compare-and-set on the whole value: write ARGV[2] only if the key still holds what was read (ARGV[1]).
+_SWAP = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+         "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return 0")
 
 
 def session_hash(key: str) -> str:
@@ -130,14 +140,19 @@ class SessionEnd:
         }
 
 
-def still_ours(rt: Runtime, rec: SessionRecord) -> ContainerRecord | None:
+def still_ours_steps(leases: LeaseCore, rec: SessionRecord) -> Steps[ContainerRecord | None]:
     """The session's container record, if it is still LEASED under the session's lease."""
     if rec.container_id is None or rec.lease_id is None:
         return None
-    crec = rt.store.by_container_id(rec.container_id)
+    crec = yield from leases.by_container_id(rec.container_id)
     if crec is None or crec.state is not State.LEASED or crec.lease_id != rec.lease_id:
         return None
     return crec
+
+
+def still_ours(rt: Runtime, rec: SessionRecord) -> ContainerRecord | None:
+    """``still_ours_steps`` on the runtime's sync client."""
+    return rt.leases.io.run(still_ours_steps(rt.leases.core, rec))
 
 
 class RecordStore:
@@ -160,64 +175,88 @@ class RecordStore:
     def retention(self) -> int:
         return max(1, int(self.rt.settings.session_retention))
 
-    def load(self, sid: str) -> SessionRecord | None:
-        raw = self._cmd(self.rt.redis.get, self.key(sid))
+    @property
+    def io(self) -> SyncIO:
+        return self.rt.leases.io
+
+    # --- as steps (both faces) -----------------------------------------------------------------
+
+    def load_steps(self, sid: str) -> Steps[SessionRecord | None]:
+        raw = yield Command("get", (self.key(sid),))
         return None if raw is None else SessionRecord.model_validate_json(raw)
 
-    def save(self, rec: SessionRecord) -> None:
-        self._cmd(self.rt.redis.set, self.key(rec.session_id), rec.model_dump_json(), ex=self.retention)
+    def save_steps(self, rec: SessionRecord) -> Steps[None]:
+        yield Command("set", (self.key(rec.session_id), rec.model_dump_json()), {"ex": self.retention})
 
-    def delete(self, sid: str) -> None:
-        self._cmd(self.rt.redis.delete, self.key(sid))
+    def delete_steps(self, sid: str) -> Steps[None]:
+        yield Command("delete", (self.key(sid),))
 
-    def touch(self, rec: SessionRecord) -> None:
+    def touch_steps(self, rec: SessionRecord) -> Steps[None]:
         """Save the fast path's stamps only, and only onto the record it read (same container and lease).
 
         The fast path runs without the session lock: a whole-record save could overwrite a rebind
-        that happened meanwhile (and drop its container from the history). WATCH makes it a
-        compare-and-set; a lost race just skips the stamps, which the winner wrote fresher anyway.
+        that happened meanwhile (and drop its container from the history). The write is a
+        compare-and-set on the value read (``_SWAP``); a lost race just skips the stamps, which the
+        winner wrote fresher anyway.
         """
         key = self.key(rec.session_id)
-        try:
-            with self.rt.redis.pipeline() as pipe:
-                pipe.watch(key)
-                raw = pipe.get(key)
-                if raw is None:
-                    return
-                current = SessionRecord.model_validate_json(raw)
-                if (current.container_id, current.lease_id, current.restoring) != (
-                        rec.container_id, rec.lease_id, False):
-                    return
-                current.last_used_at = max(current.last_used_at, rec.last_used_at)
-                if rec.verified_at is not None:
-                    current.verified_at = max(current.verified_at or 0.0, rec.verified_at)
-                pipe.multi()
-                pipe.set(key, current.model_dump_json(), ex=self.retention)
-                pipe.execute()
-        except redis.WatchError:
+        raw = yield Command("get", (key,))
+        if raw is None:
             return
-        except redis.RedisError as exc:
-            raise StateStoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+        current = SessionRecord.model_validate_json(raw)
+        if (current.container_id, current.lease_id, current.restoring) != (rec.container_id, rec.lease_id, False):
+            return
+        current.last_used_at = max(current.last_used_at, rec.last_used_at)
+        if rec.verified_at is not None:
+            current.verified_at = max(current.verified_at or 0.0, rec.verified_at)
+        yield Command("eval", (_SWAP, 1, key, raw, current.model_dump_json(), self.retention))
+
+    def acquire(self, sid: str) -> Steps[str]:
+        """Take the per-session lock (waiting up to ``lock_wait``); returns the token ``unlock`` needs."""
+        key = self.key(sid, "lock")
+        token = self.tokens()
+        clock = self.rt.clock
+        give_up = clock.now() + self.lock_wait
+        delay = 0.02
+        while not (yield Command("set", (key, token), {"nx": True, "px": self._lock_ms})):
+            if clock.now() >= give_up:
+                raise LeaseError(f"session {sid}: another process is still binding it", temporary=True)
+            yield Pause(delay)
+            delay = min(delay * 2, 0.5)
+        return token
+
+    def unlock(self, sid: str, token: str) -> Steps[None]:
+        yield Command("eval", (_RELEASE, 1, self.key(sid, "lock"), token))
+
+    def renewer(self, sid: str, token: str) -> Callable[[], None]:
+        """``renew()`` for a long restore (it runs as blocking work, so on the sync client)."""
+        key = self.key(sid, "lock")
+        return lambda: self._cmd(self.rt.redis.eval, _RENEW, 1, key, token, self._lock_ms)
+
+    @property
+    def _lock_ms(self) -> int:
+        return max(1, int(self.lock_ttl * 1000))
+
+    # --- on the runtime's sync client --------------------------------------------------------------
+
+    def load(self, sid: str) -> SessionRecord | None:
+        return self.io.run(self.load_steps(sid))
+
+    def save(self, rec: SessionRecord) -> None:
+        self.io.run(self.save_steps(rec))
+
+    def delete(self, sid: str) -> None:
+        self.io.run(self.delete_steps(sid))
+
+    def touch(self, rec: SessionRecord) -> None:
+        """See :meth:`touch_steps`."""
+        self.io.run(self.touch_steps(rec))
 
     @contextlib.contextmanager
     def locked(self, sid: str) -> Iterator[Callable[[], None]]:
         """The per-session lock; yields ``renew()``, which extends it (a long restore calls it per file)."""
-        key = self.key(sid, "lock")
-        token = self.tokens()
-        ttl_ms = max(1, int(self.lock_ttl * 1000))
-        clock = self.rt.clock
-        give_up = clock.now() + self.lock_wait
-        delay = 0.02
-        while not self._cmd(self.rt.redis.set, key, token, nx=True, px=ttl_ms):
-            if clock.now() >= give_up:
-                raise LeaseError(f"session {sid}: another process is still binding it", temporary=True)
-            clock.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-        def renew() -> None:
-            self._cmd(self.rt.redis.eval, _RENEW, 1, key, token, ttl_ms)
-
+        token = self.io.run(self.acquire(sid))
         try:
-            yield renew
+            yield self.renewer(sid, token)
         finally:
-            self._cmd(self.rt.redis.eval, _RELEASE, 1, key, token)
+            self.io.run(self.unlock(sid, token))

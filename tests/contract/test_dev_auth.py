@@ -20,6 +20,10 @@ DEV_CALLS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("POST", "/_dev/clock", {"advance_seconds": 3600}),
     ("GET", "/_dev/faults", {}),
     ("PUT", "/_dev/faults", {"error_rate": 1.0}),
+    ("GET", "/_dev/switches", {}),
+    ("PUT", "/_dev/switches", {"file_ids": "reject"}),
+    ("GET", "/_dev/requests", {}),
+    ("DELETE", "/_dev/requests", {}),
 )
 
 

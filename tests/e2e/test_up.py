@@ -160,6 +160,9 @@ def test_up_fills_pools_with_inputs_harvests_a_lease_and_stops_clean(up: Up, bus
     until(lambda: f"{lease['name']} gone" in up.output(), timeout=20, what="the leased record forgotten",
           pause=0.5)
     out = up.output()
+    # Each pool's burn rate, priced from the live containers: two READY containers cost something.
+    burns = [float(b) for b in re.findall(r"alpha desired 2 ready 2 leased 0 \S+ \d+ \S+ \d+ \$/h ([\d.]+)", out)]
+    assert burns and burns[-1] > 0, out[-4000:]
     moves = ["CREATING -> SEEDING", "SEEDING -> READY", "READY -> LEASED", "LEASED -> HARVESTING"]
     at = [out.index(f"alpha: {lease['name']} {m}") for m in moves]
     assert at == sorted(at), out[-4000:]

@@ -27,7 +27,7 @@ def test_plain_line_lists_every_pool_and_the_heartbeat() -> None:
         PoolRow("beta", desired=0, ready=0, leased=0, provisioning=0, expiring=0, breaker="open", next_change=None),
     ], heartbeat=True)
     line = Supervisor.plain_line(snap)
-    assert "alpha desired 2 ready 1 leased 1 provisioning 1 expiring 1 breaker closed" in line
+    assert "alpha desired 2 ready 1 leased 1 provisioning 1 expiring 1 $/h - breaker closed" in line
     assert "beta desired 0" in line and "breaker open" in line and "heartbeat alive" in line
     assert Supervisor.plain_line(Snapshot(error="redis down")) == "status unavailable: redis down"
     assert Supervisor.plain_line(snap, "worker pid 7 restarts 1").endswith("; processes: worker pid 7 restarts 1")
@@ -76,3 +76,27 @@ def test_a_dead_child_restarts_after_a_doubling_capped_backoff_that_resets_once_
     sup.stopping.set()  # a pending restart does not happen once stopping
     assert sup.supervise(now=child.started_at + 1000) == [] and child.restarts == 7
     sup.shutdown()
+
+
+def test_the_view_shows_each_pools_burn_rate_and_why_a_paused_pool_is_paused(tmp_path: Path) -> None:
+    sup = Supervisor(Settings(data_dir=tmp_path, pools=Path("pools.yaml")))
+    reason = "create failed: environment variable GH_TOKEN is not set"
+    snap = Snapshot(rows=[
+        PoolRow("alpha", 2, 2, 1, 0, 0, "closed", None, burn_usd_per_hour=0.27),
+        PoolRow("beta", 1, 0, 0, 0, 0, "open", None, burn_usd_per_hour=0.0, breaker_reason=reason,
+                breaker_permanent=True),
+        PoolRow("gone", 0, 0, 0, 0, 0, "closed", None),
+    ], heartbeat=True)
+    console = Console(width=240, record=True)
+    console.print(sup.render(snap))
+    text = console.export_text()
+    assert "$/h" in text and "0.270" in text
+    assert f"beta: breaker open until the pools file or the environment changes: {reason}" in text
+    assert "alpha: breaker" not in text  # a closed breaker has nothing to explain
+    line = Supervisor.plain_line(snap)
+    assert "alpha desired 2 ready 2 leased 1 provisioning 0 expiring 0 $/h 0.270 breaker closed" in line
+    assert f"$/h 0.000 breaker open until the pools file or the environment changes: {reason}" in line
+    assert "gone desired 0 ready 0 leased 0 provisioning 0 expiring 0 $/h - breaker closed" in line
+    # A breaker open for a cool-down, without the permanent flag, says only its reason.
+    cooling = PoolRow("c", 0, 0, 0, 0, 0, "open", None, breaker_reason="3 creates failed")
+    assert cooling.breaker_text() == "open: 3 creates failed"

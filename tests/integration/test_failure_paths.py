@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from hearth.api.client import ContainersClient
+from hearth.api.dialects import Dialect
 from hearth.api.retry import RetryPolicy
 from hearth.clock import OffsetClock
 from hearth.errors import HearthError
@@ -322,7 +323,10 @@ def test_a_permanent_seeding_failure_fails_the_record_and_counts_toward_the_brea
 ) -> None:
     one_pool(pools_env)
     transport = RefuseUploads()
-    rt = side_runtime(ContainersClient(local_api.base_url, transport=transport, retry=RetryPolicy(max_retries=0)))
+    # A backend that cannot copy file_ids: the inputs are streamed into the container (not staged).
+    no_copy = Dialect(name="no-copy", copies_create_file_ids=False)
+    rt = side_runtime(ContainersClient(local_api.base_url, transport=transport, retry=RetryPolicy(max_retries=0),
+                                       dialect=no_copy))
     before = rt.store.breaker_state("delta").failures
     spec = rt.pool("delta")
     name = make_name(rt.settings.name_prefix, "delta")

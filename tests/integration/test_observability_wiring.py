@@ -201,7 +201,9 @@ def test_worker_serves_api_call_metrics(
         rt.close()
 
     calls = api_calls(worker_env["HEARTH_METRICS_PORT"])
-    # Two containers made, each given its one input file: all counted by the worker, by endpoint.
+    # Two containers made, their one input staged once and copied in at create, each copy verified
+    # by a listing: all counted by the worker, by endpoint.
     assert calls.get(("containers.create", "200"), 0) >= 2, calls
-    assert calls.get(("containers.files.create", "200"), 0) >= 2, calls
+    assert calls.get(("files.create", "200"), 0) >= 1, calls
+    assert calls.get(("containers.files.list", "200"), 0) >= 2, calls
     assert all("cntr" not in endpoint for endpoint, _ in calls)  # no per-container series

@@ -155,8 +155,9 @@ def test_worker_killed_mid_provision_leaves_no_orphan(
     celery_app: Celery, local_api: LocalAPI,
 ) -> None:
     write_pools(pools_env, min_ready=2, max_total=3)
-    # Uploads are slow, so the kill lands after the creates and during the input copies.
-    local_api.set_faults({"endpoints": {"files.create": {"latency_ms": 1500}}})
+    # The listing that verifies the copies is slow, so the kill lands after the creates (which carry
+    # the staged inputs as file_ids) and before any container is READY.
+    local_api.set_faults({"endpoints": {"files.list": {"latency_ms": 1500}}})
     # The dead worker's unacked provisions come back 10 s after delivery plus one sweep (tasks.app).
     env = pools_env.with_(HEARTH_TASK_VISIBILITY_TIMEOUT="10")
     worker = start_worker(env, concurrency=4)

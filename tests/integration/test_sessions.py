@@ -94,6 +94,34 @@ def contents(client: openai.OpenAI, container_id: str) -> dict[str, bytes]:
 
 
 
+def test_a_bind_counts_as_pool_demand_and_a_same_key_turn_does_not(
+    filled: Runtime, send: Callable[[str, list[Any]], None],
+) -> None:
+    # A bind takes a READY container, as a pool lease does: `buffer: auto` must see it in the rate
+    # and `hearth cost` count it as a lease served. A same-key turn takes no container.
+    rt = filled
+    demand_key = rt.costs.demand.key("alpha")
+
+    def counted() -> int:
+        return int(rt.redis.hget(demand_key, "leases") or 0)
+
+    def served() -> int:
+        now = rt.clock.now()  # the last two hours: report reads one bucket per hour since `since`
+        return sum(r.leases for r in rt.costs.report(["alpha"], now - 7200.0, now))
+
+    sessions = Sessions(rt, send)
+    before, served_before = counted(), served()
+    sessions.lease("alpha", KEY)
+    assert counted() == before + 1 and served() == served_before + 1
+    for _ in range(3):
+        sessions.lease("alpha", KEY)
+    assert counted() == before + 1
+    sessions.lease("alpha", "another-conversation")
+    assert counted() == before + 2 and served() == served_before + 2
+    # The heartbeat folds them into the estimate like any other lease.
+    assert rt.costs.demand.view("alpha", rt.clock.now(), commit=True).rate > 0
+
+
 def test_same_key_same_container_and_the_key_never_reaches_redis(
     filled: Runtime, send: Callable[[str, list[Any]], None], celery_app: Celery,
 ) -> None:

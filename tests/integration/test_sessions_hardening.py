@@ -27,6 +27,7 @@ from hearth.files.inputs import restore_name
 from hearth.files.manifest import MANIFEST_KEY, Manifest, ManifestEntry
 from hearth.files.storage import StorageTarget
 from hearth.planner import tick
+from hearth.pool.effects import Steps
 from hearth.pool.leases import Lease
 from hearth.pool.model import State
 from hearth.runtime import Runtime
@@ -145,17 +146,17 @@ def test_the_unlocked_fast_path_does_not_overwrite_a_rebind_that_happened_meanwh
     rt_a = Runtime.from_settings(Settings(), clock=hearth_clock)
     try:
         sessions_a = Sessions(rt_a, recording_enqueue(calls))
-        real_renew = rt_a.leases.renew
+        real_renew = rt_a.leases.core.renew  # the lease core's steps, which both session faces run
         rebound: list[Any] = []
 
-        def renew_then_b_rebinds(lease_id: str, ttl: float, *, token: int | None = None) -> Lease:
-            renewed = real_renew(lease_id, ttl, token=token)
+        def renew_then_b_rebinds(lease_id: str, ttl: float, *, token: int | None = None) -> Steps[Lease]:
+            renewed = yield from real_renew(lease_id, ttl, token=token)
             if not rebound:
                 client.containers.delete(first.container_id)  # lost: B's retrieve sees it gone
                 rebound.append(sessions.lease("alpha", KEY, verify=True))
             return renewed
 
-        monkeypatch.setattr(rt_a.leases, "renew", renew_then_b_rebinds)
+        monkeypatch.setattr(rt_a.leases.core, "renew", renew_then_b_rebinds)
         stale = sessions_a.lease("alpha", KEY, verify=False)
     finally:
         rt_a.close()

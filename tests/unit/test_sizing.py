@@ -16,6 +16,7 @@ from hearth.pool.sizing import (
     poisson_quantile,
     rate,
     ready_seconds,
+    recent_rate,
     size_pool,
     spares_for,
 )
@@ -48,6 +49,18 @@ def test_spares_cover_the_arrivals_of_the_refill_window_beyond_the_wait_target()
     # A backend faster than the target needs no spare at all.
     assert spares_for(5.0, 0.4, target_wait=0.5, percentile=0.99) == 0
     assert spares_for(0.0, 30.0, target_wait=0.5, percentile=0.99) == 0
+
+
+def test_spares_also_cover_the_wait_until_the_next_tick_asks_for_a_replacement() -> None:
+    # A taken spare is replaced only at the next tick: with a 10 s heartbeat and containers ready in
+    # 0.5 s, the window is 10 s, not 0 (bench/demand.py: without it two leases in three waited).
+    assert spares_for(1.0, 0.5, target_wait=0.5, percentile=0.99) == 0
+    assert spares_for(1.0, 0.5, target_wait=0.5, percentile=0.99, replenish_seconds=10.0) == 18
+    assert spares_for(1.0, 0.5, target_wait=0.5, percentile=0.99, replenish_seconds=-3.0) == 0
+    s = size_pool(min_ready=1, buffer=None, max_total=50, leased=0, rate=0.1, ready_seconds=4.0, auto=AUTO,
+                  replenish_seconds=10.0)
+    assert s.ready_target == spares_for(0.1, 4.0, target_wait=0.5, percentile=0.99, replenish_seconds=10.0) == 5
+    assert "+ 10 s to the next tick" in s.why
 
 
 def test_static_buffer_keeps_the_reconciles_rule() -> None:
@@ -98,6 +111,19 @@ def test_rate_takes_the_faster_reaction_and_the_slower_memory() -> None:
         fast, slow = fast.observe(i * 0.1, 10.0), slow.observe(i * 0.1, 600.0)
     assert rate(fast, slow, 3.0, fast_tau=10.0, slow_tau=600.0) == fast.at_time(3.0, 10.0) > 2.0
     assert rate(fast, slow, 200.0, fast_tau=10.0, slow_tau=600.0) == slow.at_time(200.0, 600.0) > 0.03
+
+
+def test_the_last_intervals_rate_shows_a_step_at_the_first_tick() -> None:
+    # 10 leases in the 10 s since the last fold: 1/s now, where a 20 s estimate still says 0.5/s.
+    assert recent_rate(10, 100.0, 110.0, window=10.0) == 1.0
+    # An on-demand reconcile 0.05 s after a tick: one lease is 0.1/s over the window, not 20/s.
+    assert recent_rate(1, 110.0, 110.05, window=10.0) == pytest.approx(0.1)
+    assert recent_rate(0, 0.0, 50.0, window=10.0) == 0.0 == recent_rate(-3, 0.0, 50.0, window=10.0)
+    with pytest.raises(ValueError, match="window"):
+        recent_rate(1, 0.0, 1.0, window=0.0)
+    fast = RateEstimate().observe(110.0, 20.0, 10)
+    assert rate(fast, RateEstimate(), 110.0, fast_tau=20.0, slow_tau=900.0, recent=1.0) == 1.0
+    assert rate(fast, RateEstimate(), 110.0, fast_tau=20.0, slow_tau=900.0) == 0.5
 
 
 # --- properties ----------------------------------------------------------------------------------
@@ -151,3 +177,34 @@ def test_respects_the_budget(min_ready: int, leased: int, waiting: int, buffer: 
                   ready_seconds=ready, auto=auto, budget=over)
     assert s.ready_target <= (0 if hard else waiting)
     assert s.creates_allowed is (not hard)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=rates, ready=ready_times, i1=st.floats(min_value=0.0, max_value=120.0),
+       i2=st.floats(min_value=0.0, max_value=120.0), auto=autos, min_ready=sizes, leased=sizes)
+def test_monotone_in_the_replenish_interval(rate: float, ready: float, i1: float, i2: float, auto: AutoBuffer,
+                                            min_ready: int, leased: int) -> None:
+    lo, hi = sorted((i1, i2))
+    kw = dict(min_ready=min_ready, buffer=None, max_total=200, leased=leased, rate=rate, ready_seconds=ready,
+              auto=auto)
+    small = size_pool(replenish_seconds=lo, **kw)  # type: ignore[arg-type]
+    large = size_pool(replenish_seconds=hi, **kw)  # type: ignore[arg-type]
+    assert small.ready_target <= large.ready_target <= max(0, 200 - leased)
+    assert large.ready_target >= min(min_ready, max(0, 200 - leased))
+
+
+@settings(max_examples=200, deadline=None)
+@given(new=st.integers(min_value=0, max_value=1000), since=st.floats(min_value=0.0, max_value=1e6),
+       dt=st.floats(min_value=0.0, max_value=1e4), w1=st.floats(min_value=0.01, max_value=600.0),
+       w2=st.floats(min_value=0.01, max_value=600.0), r1=rates, r2=rates)
+def test_recent_rate_is_bounded_by_the_window_and_rate_monotone_in_it(
+    new: int, since: float, dt: float, w1: float, w2: float, r1: float, r2: float,
+) -> None:
+    lo, hi = sorted((w1, w2))
+    assert 0.0 <= recent_rate(new, since, since + dt, window=hi) <= recent_rate(new, since, since + dt, window=lo)
+    assert recent_rate(new, since, since + dt, window=lo) <= new / lo + 1e-9
+    small, large = sorted((r1, r2))
+    fast, slow = RateEstimate(0.2, since), RateEstimate(0.1, since)
+    kw = dict(fast_tau=20.0, slow_tau=900.0)
+    assert rate(fast, slow, since + dt, recent=small, **kw) <= rate(fast, slow, since + dt, recent=large, **kw)
+    assert rate(fast, slow, since + dt, recent=large, **kw) >= large

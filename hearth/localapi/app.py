@@ -357,6 +357,7 @@ class LocalAPI:
                         path=dev_path or self._upload_path(upload.filename),
                         source=source,
                     )
+                    self.requests.add_upload(upload.size)
         elif content_type.lower().startswith("application/x-www-form-urlencoded"):
             fields = dict(urllib.parse.parse_qsl((await self._body(request)).decode("utf-8", errors="replace")))
             if not fields.get("file_id"):
@@ -425,6 +426,7 @@ class LocalAPI:
                 purpose=purpose,
                 expires_after_seconds=seconds,
             )
+            self.requests.add_upload(upload.size)
         return self._answer(ctx, wire.file_body(row, ctx.dialect))
 
     @staticmethod
@@ -520,10 +522,10 @@ class LocalAPI:
 
     async def dev_requests(self, request: Request) -> Response:
         self._tenant(request)
-        counts = self.requests.snapshot()
+        counts, uploaded = self.requests.snapshot(), self.requests.upload_bytes
         if request.method == "DELETE":
             self.requests.reset()
-        return JSONResponse({"counts": counts, "total": sum(counts.values())})
+        return JSONResponse({"counts": counts, "total": sum(counts.values()), "upload_bytes": uploaded})
 
 
 def _api_routes(api: LocalAPI) -> list[Route]:

@@ -74,15 +74,27 @@ class RequestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._upload_bytes = 0
 
     def add(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
 
+    def add_upload(self, size: int) -> None:
+        """Bytes of file content received (Files API and container uploads): what a fill sends."""
+        with self._lock:
+            self._upload_bytes += size
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
+    @property
+    def upload_bytes(self) -> int:
+        with self._lock:
+            return self._upload_bytes
+
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._upload_bytes = 0

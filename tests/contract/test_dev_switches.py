@@ -46,3 +46,16 @@ def test_the_files_api_limit_can_be_lowered(local_api: LocalAPI) -> None:
     bad = httpx.put(f"{local_api.root_url}/_dev/switches", json={"file_ids": "sometimes"}, timeout=30)
     assert bad.status_code == 400
     assert local_api.set_switches() == {"file_ids": "copy", "files_max_bytes": 10}
+
+
+def test_uploaded_bytes_are_counted_for_both_upload_endpoints(local_api: LocalAPI) -> None:
+    client = sdk(local_api)
+    http = local_api.http
+    local_api.request_counts(reset=True)
+    client.files.create(file=("a.bin", io.BytesIO(b"x" * 1000)), purpose="user_data")
+    container = client.containers.create(name="bytes")
+    client.containers.files.create(container.id, file=("b.bin", io.BytesIO(b"y" * 234)))
+    body = http.get(f"{local_api.root_url}/_dev/requests").json()
+    assert body["upload_bytes"] == 1234
+    http.delete(f"{local_api.root_url}/_dev/requests")
+    assert http.get(f"{local_api.root_url}/_dev/requests").json()["upload_bytes"] == 0

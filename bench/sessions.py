@@ -1,8 +1,9 @@
 """Benchmark: what live session saving costs at 1,000 active sessions, in API requests and CPU.
 
 While a session is active, the heartbeat schedules one live save per session per period
-(``HEARTH_SESSION_SAVE_EVERY``, 15 s by default) and a worker makes one request for it (the
-container's files, newest first). The documented rate is ``active sessions / period``: 1,000 at
+(``HEARTH_SESSION_SAVE_EVERY``, 15 s by default), one Celery message per batch of up to 50 sessions
+due (``hearth.session_saves``), and a worker makes one request per session of it (the container's
+files, newest first). The documented rate is ``active sessions / period``: 1,000 at
 15 s = 66.7/s = 4,000 requests per minute. This script measures it, in one run, in three phases
 over the same pool of ``--sessions`` containers:
 
@@ -57,7 +58,7 @@ from hearth.localapi.faults import Decision, FaultInjector
 from hearth.planner import tick
 from hearth.pool.model import State
 from hearth.runtime import Runtime
-from hearth.sessions import LIVE_SAVE_TASK, LiveSaves, Sessions
+from hearth.sessions import LIVE_SAVE_TASK, SAVES_TASK, LiveSaves, Sessions
 from hearth.sessions.live import SAVE_SHARE, claims_per_tick, save_period
 from settings import Settings
 from settings.faults import FaultConfig
@@ -65,6 +66,7 @@ from tasks.app import SAVES_QUEUE, broker_key_prefix, create_app
 from worker.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
+SAVES = "live saves"  # the sessions the heartbeat's messages carry (a batch message carries many)
 
 POOL = "bench"
 POOLS = """
@@ -226,18 +228,22 @@ class Hearth:
 
     def send(self, name: str, args: list[Any]) -> None:
         self.sent[name] += 1
+        if name == SAVES_TASK:  # one message for a batch of sessions
+            self.sent[SAVES] += len(args[0])
+        elif name == LIVE_SAVE_TASK:
+            self.sent[SAVES] += 1
         self.app.send_task(name, args=args)
 
     def tick(self) -> None:
-        before = self.sent[LIVE_SAVE_TASK]
+        before = self.sent[SAVES]
         t0 = time.thread_time()
         tick(self.rt, self.send)
         self.tick_cpu += time.thread_time() - t0
         self.ticks += 1
-        self.most_saves_per_tick = max(self.most_saves_per_tick, self.sent[LIVE_SAVE_TASK] - before)
+        self.most_saves_per_tick = max(self.most_saves_per_tick, self.sent[SAVES] - before)
 
     def saves_queued(self) -> int:
-        """Live saves waiting in the broker's saves queue (a backlog means the workers fall behind)."""
+        """Messages waiting in the broker's saves queue (a backlog means the workers fall behind)."""
         return int(self.rt.redis.llen(broker_key_prefix(self.settings) + SAVES_QUEUE))
 
     def worker_cpu(self) -> float:
@@ -263,6 +269,7 @@ class Phase:
     worker_cpu: float = 0.0
     ticks: int = 0
     enqueued: int = 0  # live saves the heartbeat enqueued in the window
+    messages: int = 0  # the Celery messages they took (one per batch)
     most_per_tick: int = 0
     queued_at_end: int = 0
 
@@ -285,7 +292,8 @@ def measure(name: str, h: Hearth, api: CountingAPI, window: float, active: int,
     """Run the heartbeat at its interval for ``window`` s and take the deltas."""
     interval = float(h.settings.heartbeat_interval)
     t0, c0 = api.fresh()
-    w0, k0, n0, e0 = h.worker_cpu(), h.tick_cpu, h.ticks, h.sent[LIVE_SAVE_TASK]
+    w0, k0, n0, e0 = h.worker_cpu(), h.tick_cpu, h.ticks, h.sent[SAVES]
+    m0 = h.sent[SAVES_TASK] + h.sent[LIVE_SAVE_TASK]
     h.most_saves_per_tick = 0
     if at_start is not None:
         at_start()
@@ -298,11 +306,12 @@ def measure(name: str, h: Hearth, api: CountingAPI, window: float, active: int,
         time.sleep(0.05)
     t1, c1 = api.fresh()
     phase = Phase(name, active, (t1 - t0) / 60.0, c1 - c0, h.tick_cpu - k0, h.worker_cpu() - w0, h.ticks - n0,
-                  h.sent[LIVE_SAVE_TASK] - e0, h.most_saves_per_tick, h.saves_queued())
+                  h.sent[SAVES] - e0, h.sent[SAVES_TASK] + h.sent[LIVE_SAVE_TASK] - m0, h.most_saves_per_tick,
+                  h.saves_queued())
     print(f"  {name}: {sum(phase.requests.values())} requests in {phase.minutes * 60:.0f} s ({dict(phase.requests)}),"
           f" tick CPU {phase.tick_cpu:.2f} s over {phase.ticks} ticks, worker CPU {phase.worker_cpu:.2f} s,"
-          f" {phase.enqueued} live saves enqueued (at most {phase.most_per_tick} by one tick),"
-          f" {phase.queued_at_end} still queued at the end", flush=True)
+          f" {phase.enqueued} live saves enqueued in {phase.messages} messages (at most {phase.most_per_tick} by"
+          f" one tick), {phase.queued_at_end} messages still queued at the end", flush=True)
     return phase
 
 
@@ -419,7 +428,8 @@ def report(baseline: Phase, live: Phase, limited: Phase, n: int, period: float, 
           f"(effective period {n * 60 / max(lists, 1e-9):.0f} s); all requests "
           f"{live.per_min() - baseline.per_min():.0f}/min (files.content {live.per_min('files.content'):.0f}/min:"
           f" copies of the {written} new files); heartbeat enqueued {live.enqueued / live.minutes:.0f} live saves/min"
-          f" (at most {live.most_per_tick} by one tick), {live.queued_at_end} still queued at the end")
+          f" in {live.messages / live.minutes:.0f} messages/min (at most {live.most_per_tick} saves by one tick),"
+          f" {live.queued_at_end} messages still queued at the end")
     print(f"new files in storage after the window: {found}/{written}")
     for label, phase in (("baseline", baseline), ("sessions", live), ("limited", limited)):
         print(f"{label:9s} heartbeat CPU {phase.tick_cpu / phase.minutes:6.3f} s/min ({phase.ticks} ticks), "

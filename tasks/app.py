@@ -31,10 +31,10 @@ BROKER_AMQP = "tasks.broker:AMQP"
 DEFAULT_QUEUE = "hearth"
 KEEPALIVE_QUEUE = "hearth.keepalive"
 KEEPALIVE_TASKS = ("hearth.refresh", "hearth.harvest", "hearth.session_harvest", "hearth.session_save")
-# The live saves of active sessions (one per session per period: thousands a minute) have a queue of
+# The live saves of active sessions (one per session per period: thousands a minute, in batches) have a queue of
 # their own, so a refresh never waits behind them; a worker takes from each queue in turn.
 SAVES_QUEUE = "hearth.saves"
-SAVES_TASKS = ("hearth.session_live_save",)
+SAVES_TASKS = ("hearth.session_live_save", "hearth.session_saves")
 TASK_MODULES = ("tasks.ops", "tasks.sessions")
 
 

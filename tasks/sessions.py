@@ -4,8 +4,9 @@
 the task message (the app chose to send it), but the task result and every log line carry only its
 hash. ``hearth.session_end`` and ``hearth.session_save`` (after a model response) take the key or its
 hash (``session_id``); ``hearth.session_harvest``, which Hearth itself sends on every lease, and
-``hearth.session_live_save``, which the heartbeat sends every period, take only the hash, so
-Hearth's own messages never hold a key.
+``hearth.session_saves``, which the heartbeat sends for each batch of sessions due for their live
+save (and ``hearth.session_live_save``, one session), take only hashes, so Hearth's own messages
+never hold a key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from hearth.errors import HearthError
-from hearth.sessions import LIVE_SAVE_TASK, LiveSaves, Sessions, session_hash
+from hearth.sessions import LIVE_SAVE_TASK, SAVES_TASK, LiveSaves, Sessions, session_hash
 from tasks.ops import COMMON, enqueue, run
 from tasks.runtime import current_runtime
 
@@ -83,12 +84,38 @@ def session_save(self: Task, session: str | None = None, response: dict[str, Any
 
 @shared_task(name=LIVE_SAVE_TASK, **COMMON)
 def session_live_save(self: Task, session_id: str, delay: float = 0.0) -> dict[str, Any]:
-    """The live save of an active session (the heartbeat sends it, ``delay`` s before it is due).
+    """The live save of one active session, now (the heartbeat sends ``hearth.session_saves`` batches).
 
-    A positive ``delay`` sends the task again with that countdown, so the save runs when it is due
-    even though ticks are seconds apart; the delay is relative, so clocks of different hosts need
-    not agree."""
+    A positive ``delay`` (messages from a heartbeat before batches) sends the task again with that
+    countdown, so a message queued before an upgrade still runs when it is due."""
     if delay > 0:
         self.apply_async(args=[session_id, 0.0], countdown=delay)
         return {"session_id": session_id, "deferred": delay}
     return run(self, lambda: LiveSaves(current_runtime()).save(session_id).to_json())
+
+
+@shared_task(name=SAVES_TASK, **COMMON)
+def session_saves(self: Task, sessions: list[Any]) -> dict[str, Any]:
+    """The live saves of a batch of sessions due now: ``[[session_id, due], ...]`` (or bare ids).
+
+    One task run for up to ``hearth.sessions.live.BATCH`` sessions: their records and leases read in
+    pipelines, one listing each, every reschedule in one pipeline. The result counts what they did
+    and lists only the sessions with something to say (files saved or failed, off the schedule, a
+    note), so a quiet batch leaves a small result behind."""
+    items = [_item(s) for s in sessions]
+
+    def go() -> dict[str, Any]:
+        done = LiveSaves(current_runtime()).save_batch(items)
+        return {"sessions": len(done), "active": sum(s.active for s in done), "new": sum(s.new for s in done),
+                "saved": sum(s.saved for s in done), "failures": sum(s.failures for s in done),
+                "notes": [s.to_json() for s in done if s.saved or s.failures or s.detail or not s.active]}
+
+    return run(self, go)
+
+
+def _item(raw: Any) -> tuple[str, float | None]:
+    if isinstance(raw, str):
+        return raw, None
+    if isinstance(raw, list | tuple) and len(raw) == 2 and isinstance(raw[0], str):
+        return raw[0], None if raw[1] is None else float(raw[1])
+    raise HearthError(f"hearth.session_saves: each session is an id or [id, due], not {type(raw).__name__}")

@@ -119,6 +119,7 @@ def inline_enqueue(rt: Runtime, calls: list[tuple[str, list[Any]]] | None = None
             "hearth.harvest": ops.harvest,
             # A live session save runs now, whatever its delay: inline work is done when apply returns.
             "hearth.session_live_save": lambda sid, delay=0.0: LiveSaves(rt).save(sid),
+            "hearth.session_saves": lambda items: LiveSaves(rt).save_batch([(sid, due) for sid, due in items]),
         }
         fn = table[name]
         try:

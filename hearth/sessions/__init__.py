@@ -16,7 +16,8 @@ Where to read, in order:
 * ``records``: what Redis keeps (``SessionRecord``, keyed by the key's hash) and the per-session lock.
 * ``restore``: every file of the earlier containers back into a fresh one, byte for byte.
 * ``saving``: one save of the current container, and which of its files are saved already.
-* ``live``: the save-due schedule the heartbeat reads and the one-request live save.
+* ``live``: the save-due schedule the heartbeat reads and the live saves (one request per session),
+  in batches.
 * ``responses``: the ``container_file_citation`` annotations of a model response.
 
 Privacy: the key is an app's string (often a user or conversation id). Only its hash
@@ -26,7 +27,7 @@ Privacy: the key is an app's string (often a user or conversation id). Only its 
 from hearth.files.inputs import restore_name
 from hearth.sessions.async_sessions import AsyncSessions
 from hearth.sessions.core import INLINE_HARVEST_WAIT, Sessions, SessionsCore
-from hearth.sessions.live import LIVE_SAVE_TASK, LiveSave, LiveSaves, save_period
+from hearth.sessions.live import LIVE_SAVE_TASK, SAVES_TASK, LiveSave, LiveSaves, save_period
 from hearth.sessions.records import (
     RecordStore,
     SessionContainer,
@@ -39,7 +40,24 @@ from hearth.sessions.responses import Citation, SessionSave, citations
 from hearth.sessions.restore import RestoreItem
 
 __all__ = [
-    "INLINE_HARVEST_WAIT", "LIVE_SAVE_TASK", "AsyncSessions", "Citation", "LiveSave", "LiveSaves", "RecordStore",
-    "RestoreItem", "SessionContainer", "SessionEnd", "SessionLease", "SessionRecord", "SessionSave", "Sessions",
-    "SessionsCore", "citations", "restore_name", "save_period", "session_hash",
+    "INLINE_HARVEST_WAIT",
+    "LIVE_SAVE_TASK",
+    "SAVES_TASK",
+    "AsyncSessions",
+    "Citation",
+    "LiveSave",
+    "LiveSaves",
+    "RecordStore",
+    "RestoreItem",
+    "SessionContainer",
+    "SessionEnd",
+    "SessionLease",
+    "SessionRecord",
+    "SessionSave",
+    "Sessions",
+    "SessionsCore",
+    "citations",
+    "restore_name",
+    "save_period",
+    "session_hash",
 ]

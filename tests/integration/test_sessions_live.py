@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,19 +19,20 @@ import pytest
 from celery import Celery
 from typer.testing import CliRunner
 
+from hearth.clock import OffsetClock
 from hearth.files.manifest import MANIFEST_KEY, Manifest
 from hearth.files.storage import StorageTarget
 from hearth.planner import tick
 from hearth.pool.model import State
 from hearth.runtime import Runtime
-from hearth.sessions import LIVE_SAVE_TASK, LiveSaves, SessionRecord, Sessions, restore_name, session_hash
-from hearth.sessions.live import SAVE_SHARE
+from hearth.sessions import LIVE_SAVE_TASK, SAVES_TASK, LiveSaves, SessionRecord, Sessions, restore_name, session_hash
+from hearth.sessions.live import MIN_CLAIM_TTL, SAVE_SHARE
 from settings import Settings
 from tasks.app import KEEPALIVE_QUEUE, SAVES_QUEUE, broker_key_prefix
 from tests.fixtures.celery import WorkerProcess
 from tests.fixtures.localapi import LocalAPI
 from tests.fixtures.pools import PoolEnv
-from tests.helpers import recording_enqueue, sdk, sdk_response, until
+from tests.helpers import count_requests, recording_enqueue, sdk, sdk_response, until
 
 POOLS = """
 version: 1
@@ -225,7 +227,61 @@ def test_under_a_request_limit_the_period_stretches_with_one_warning_and_a_tick_
             second = live.enqueue_due(recording_enqueue(calls))
         per_tick = int(60 * SAVE_SHARE * rt.settings.heartbeat_interval / 60)  # 5 at a 10 s tick
         assert len(first) == len(second) == per_tick
-        assert len({args[0] for _, args in calls}) == 2 * per_tick  # claimed ones are not claimed again
+        assert [name for name, _ in calls] == [SAVES_TASK, SAVES_TASK]  # one batch message per tick
+        assert len({sid for _, args in calls for sid, _ in args[0]}) == 2 * per_tick  # claimed ones are not again
         assert len([r for r in caplog.records if "saves_stretched" in r.getMessage()]) == 1
     finally:
         rt.close()
+
+
+def test_one_batch_task_saves_several_sessions_and_a_lost_batch_is_claimed_again(
+    filled: Runtime, send: Callable[[str, list[Any]], None], local_api: LocalAPI, celery_app: Celery,
+    hearth_clock: OffsetClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sessions = Sessions(filled, send)
+    keys = ["batch-conversation-a", "batch-conversation-b", "batch-conversation-c"]
+    leases = {key: sessions.lease("alpha" if i < 2 else "slow", key) for i, key in enumerate(keys)}
+    # (A first lease sends no harvest, and nothing else saves here: only the batch below saves the files.)
+    written = {key: local_api.write_assistant_file(got.container_id, f"/mnt/data/out-{i}.txt", f"{i}\n".encode())
+               for i, (key, got) in enumerate(leases.items())}
+    live = LiveSaves(filled)
+    sids = {got.session_id for got in leases.values()}
+    filled.redis.zadd(live.due_key, {sid: filled.clock.now() - 1 for sid in sids})  # all three due now
+
+    # The heartbeat claims them into one message, which is lost (never sent): nothing is claimed twice...
+    lost: list[tuple[str, list[Any]]] = []
+    assert {a["session_id"] for a in live.enqueue_due(recording_enqueue(lost))} == sids
+    assert [name for name, _ in lost] == [SAVES_TASK] and {sid for sid, _ in lost[0][1][0]} == sids
+    assert live.enqueue_due(recording_enqueue(lost)) == [] and len(lost) == 1
+    # ...until the claim ttl has passed: then the same sessions are claimed again, again in one message.
+    hearth_clock.advance(MIN_CLAIM_TTL + 1)
+    again: list[tuple[str, list[Any]]] = []
+    live.enqueue_due(recording_enqueue(again))
+    assert [name for name, _ in again] == [SAVES_TASK] and {sid for sid, _ in again[0][1][0]} == sids
+    claimed = {sid: due for sid, due in again[0][1][0]}
+    period = {got.session_id: PERIOD if i < 2 else 3600.0 for i, got in enumerate(leases.values())}
+
+    seen = count_requests(local_api, monkeypatch)
+    result = celery_app.send_task(SAVES_TASK, args=again[0][1]).get(timeout=60)  # one task run, on the worker
+    assert result["sessions"] == 3 and result["active"] == 3 and result["saved"] == 3 and result["failures"] == 0
+    assert {n["session_id"] for n in result["notes"]} == sids and not any(k in json.dumps(result) for k in keys)
+    for key in keys:
+        assert stored(sessions, key, written[key]["id"]) == f"{keys.index(key)}\n".encode()
+    for sid in sids:  # back on the schedule (no longer the claim's ttl): a period after it was due, or after now
+        due = live.due_at(sid)
+        assert due is not None
+        assert claimed[sid] + period[sid] - 1e-3 <= due <= max(claimed[sid], time.time()) + period[sid] + 1e-3
+    assert seen["files.content"] == 3  # each new file copied once
+
+    # A duplicate of the batch (a re-claim while it was still queued) makes no request at all.
+    before = sum(seen.values())
+    dup = celery_app.send_task(SAVES_TASK, args=again[0][1]).get(timeout=60)
+    assert dup["sessions"] == 3 and dup["saved"] == 0 and sum(seen.values()) == before
+    assert all("duplicate" in n["detail"] for n in dup["notes"])
+
+    # Once the guard is gone (as half a period later), the batch costs one listing per session, no more.
+    filled.redis.delete(*(sessions.records.key(sid, "listed") for sid in sids))
+    seen.clear()
+    quiet = celery_app.send_task(SAVES_TASK, args=again[0][1]).get(timeout=60)
+    assert quiet == {"sessions": 3, "active": 3, "new": 0, "saved": 0, "failures": 0, "notes": []}
+    assert dict(seen) == {"files.list": 3}

@@ -585,12 +585,15 @@ def _release(runtime: Runtime, key: str, token: str) -> None:
 
 def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | None = None,
          lock_ttl: float = 60.0, rng: random.Random | None = None,
-         still_leader: Callable[[], bool] | None = None) -> list[dict[str, Any]] | None:
+         still_leader: Callable[[], bool] | None = None,
+         session_saves: bool = True) -> list[dict[str, Any]] | None:
     """Plan and apply every pool under a Redis lock; None when another tick holds the lock.
 
     The heartbeat leader and on-demand reconciles (``hearth.reconcile``, ``hearth.reconcile_pool``)
     may overlap; the lock keeps two planners from provisioning the same gap twice. Fill requests
     made meanwhile (``hearth.pool.wanted``) are served right after, before this returns.
+    ``session_saves=False``: the live saves due are claimed elsewhere (the heartbeat's own, more
+    frequent job), not by this tick.
     """
     rng = rng or random.Random()
     key = runtime.store.key("lock", "tick")
@@ -606,7 +609,8 @@ def tick(runtime: Runtime, enqueue: Enqueue, *, remote: list[RemoteContainer] | 
         done = Applier(runtime, enqueue, rng=rng, still_current=still_current).apply(
             Planner(runtime, commit=True).plan(remote=remote)
         )
-        done.extend(_session_saves(runtime, enqueue))
+        if session_saves:
+            done.extend(_session_saves(runtime, enqueue))
     finally:
         _release(runtime, key, token)
     done.extend(reconcile_wanted(runtime, enqueue, lock_ttl=lock_ttl, rng=rng) or [])

@@ -28,6 +28,7 @@ from hearth.pool.leader import LeaderLease
 from hearth.pool.reconcile import RemoteContainer
 from hearth.pool.wanted import TASK, FillRequests
 from hearth.runtime import Runtime
+from hearth.sessions.live import LiveSaves
 from settings import Settings
 from worker.observability import monitored_tick, setup_observability
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 ORPHAN_SCAN_EVERY = 6  # ticks between remote listings (orphans, lost containers)
 STAGED_GC_EVERY = 300.0  # s between collections of staged inputs no pool uses (the grace is HEARTH_STAGED_GRACE)
 WATCH_SECONDS = 0.5  # how often the leader looks at the pools file: an edit starts its fill this soon
+SAVE_CLAIM_SECONDS = 1.0  # how often the leader claims the live session saves due: a save runs this late at most
 
 
 class Heartbeat:
@@ -107,7 +109,8 @@ class Heartbeat:
                 except HearthError as exc:
                     log.warning("heartbeat: listing containers failed, reconciling from records: %s", exc)
             self.ticks += 1
-            applied = tick(self.rt, self.enqueue, remote=remote, still_leader=lambda: self.leader.is_leader)
+            applied = tick(self.rt, self.enqueue, remote=remote, still_leader=lambda: self.leader.is_leader,
+                           session_saves=False)  # claim_saves does them, every SAVE_CLAIM_SECONDS
             self.rt.store.beat("heartbeat", settings.heartbeat_interval * 3, identity=self.identity,
                                applied=len(applied or []))
             self.rt.observer.tick(self.rt.clock.now() - started, True)
@@ -117,6 +120,16 @@ class Heartbeat:
             if applied:
                 log_event(log, "heartbeat.tick", actions=len(applied),
                           kinds=",".join(sorted({a["kind"] for a in applied})))
+
+    def claim_saves(self) -> None:
+        """Enqueue the live session saves due now (leader only), so a save waits for this job, not a tick."""
+        try:
+            if self.leader.is_leader:
+                LiveSaves(self.rt).enqueue_due(self.enqueue, interval=SAVE_CLAIM_SECONDS)
+        except HearthError as exc:
+            log.warning("heartbeat: session saves not scheduled: %s", exc)
+        except Exception:
+            log.exception("heartbeat: session saves not scheduled")
 
     def collect_staged(self) -> None:
         """Have a worker delete staged inputs no pool uses any more (after the grace); leader only."""
@@ -147,6 +160,8 @@ def run_heartbeat(settings: Settings | None = None, *, stop_event: threading.Eve
     scheduler.add_job(beat.collect_staged, "interval", seconds=STAGED_GC_EVERY, id="staged_gc",
                       max_instances=1, coalesce=True)
     scheduler.add_job(beat.watch, "interval", seconds=WATCH_SECONDS, id="watch", max_instances=1, coalesce=True)
+    scheduler.add_job(beat.claim_saves, "interval", seconds=SAVE_CLAIM_SECONDS, id="saves", max_instances=1,
+                      coalesce=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("heartbeat: signal %d, stopping", signum)

@@ -1,9 +1,10 @@
-"""Live saving: while a session is active, its new files reach storage within a period (and a tick), no app call.
+"""Live saving: while a session is active, its new files reach storage within a period (and a second), no app call.
 
 The schedule is one Redis sorted set (``<prefix>:sessions:save-due``): member the session's hash,
 score when its next save is due. A session joins it when it binds a container and leaves it when
-it ends or its container is no longer its own. Each heartbeat tick (``enqueue_due``, called from
-``hearth.planner.tick``) reads only the members due now (``ZRANGEBYSCORE``: the cost follows what
+it ends or its container is no longer its own. The heartbeat leader's claim job (``enqueue_due``,
+every ``SAVE_CLAIM_SECONDS`` of ``worker.heartbeat``; ``hearth.planner.tick`` does it too when no
+such job runs, as in tests) reads only the members due now (``ZRANGEBYSCORE``: the cost follows what
 is due, not how many sessions exist), claims them atomically and enqueues one
 ``hearth.session_saves`` per ``BATCH`` of them (JSON: ``[[hash, due], ...]``), so the heartbeat
 publishes a few messages a tick, not one per session, and no message waits for its due time. The
@@ -11,8 +12,8 @@ task (``save_batch``) reads the batch's records, saved-state, duplicate guards a
 pipelined round trips, makes one request per session: the container's files newest first,
 stopping at the newest one already saved (``saving.scan_new``); only when that shows something new
 does it harvest. Then it puts every session back in the set in one pipeline, one period after the
-time it was due (the cadence holds although a save runs up to one tick after its due time, so a
-new file is saved within a period plus a heartbeat interval). ``hearth.session_live_save`` (one
+time it was due (the cadence holds although a save runs up to one claim interval after its due
+time, so a new file is saved within a period plus that interval: about a second). ``hearth.session_live_save`` (one
 session) still serves a single save. A claimed save whose task never reports back is claimed
 again after ``claim_ttl`` (a lost message costs one period or so, never the session's saves).
 When the workers fall behind by more than ``claim_ttl``, that second claim is a duplicate of a
@@ -167,10 +168,13 @@ class LiveSaves:
         pairs = zip(raw[::2], raw[1::2], strict=True)
         return [(sid.decode() if isinstance(sid, bytes) else str(sid), float(due)) for sid, due in pairs]
 
-    def enqueue_due(self, enqueue: Enqueue) -> list[dict[str, Any]]:
-        """The heartbeat's part: claim the sessions due now and enqueue one batch task per ``BATCH`` of them."""
+    def enqueue_due(self, enqueue: Enqueue, *, interval: float | None = None) -> list[dict[str, Any]]:
+        """The heartbeat's part: claim the sessions due now and enqueue one batch task per ``BATCH`` of them.
+
+        ``interval``: seconds until the next call (the heartbeat's claim job, ``SAVE_CLAIM_SECONDS``;
+        by default the tick interval): it bounds how late a save runs, and scales the claim cap."""
         settings = self.rt.settings
-        interval = float(settings.heartbeat_interval)
+        interval = float(settings.heartbeat_interval if interval is None else interval)
         rpm = settings.api_requests_per_minute
         active = self.active()
         if not active:

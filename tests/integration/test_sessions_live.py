@@ -285,3 +285,32 @@ def test_one_batch_task_saves_several_sessions_and_a_lost_batch_is_claimed_again
     quiet = celery_app.send_task(SAVES_TASK, args=again[0][1]).get(timeout=60)
     assert quiet == {"sessions": 3, "active": 3, "new": 0, "saved": 0, "failures": 0, "notes": []}
     assert dict(seen) == {"files.list": 3}
+
+
+def test_the_heartbeat_claims_due_saves_in_its_own_frequent_job_and_its_tick_leaves_them(
+    runtime: Runtime, celery_app: Celery,
+) -> None:
+    from hearth.planner import tick
+    from worker.heartbeat import SAVE_CLAIM_SECONDS, Heartbeat
+
+    live = LiveSaves(runtime)
+    sid = "ab" * 16
+    runtime.redis.zadd(live.due_key, {sid: runtime.clock.now() - 1})
+    beat = Heartbeat(runtime, celery_app, identity="hb-saves")
+    calls: list[tuple[str, list[Any]]] = []
+    beat.enqueue = recording_enqueue(calls)  # type: ignore[method-assign]
+    try:
+        beat.claim_saves()  # not the leader yet: claims nothing
+        assert calls == [] and runtime.redis.zscore(live.due_key, sid) is not None
+        # The leader's tick no longer claims saves (the job does, every SAVE_CLAIM_SECONDS, so a save
+        # is at most that late, not a whole tick interval)...
+        assert beat.leader.ensure()
+        tick(runtime, recording_enqueue(calls), session_saves=False)
+        assert SAVES_TASK not in [name for name, _ in calls]
+        # ...and the claim job does: one batch message with the due session.
+        beat.claim_saves()
+        batches = [args for name, args in calls if name == SAVES_TASK]
+        assert [[s for s, _ in batch[0]] for batch in batches] == [[sid]]
+        assert runtime.settings.heartbeat_interval > SAVE_CLAIM_SECONDS
+    finally:
+        beat.stop()

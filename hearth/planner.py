@@ -211,6 +211,7 @@ class Planner:
             hold_surplus_seconds=self.rt.costs.hold_surplus_seconds(spec) if buffer == "auto" else 0.0,
             max_total=spec.max_total,
             keepalive_margin=min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0),
+            claim_margin=min(float(spec.lease.min_remaining_on_claim_seconds), expires * 60 - 1.0),
             inputs_digest=digest,
             expires_minutes=expires,
             orphan_grace=self.rt.settings.orphan_grace,
@@ -320,8 +321,10 @@ class Planner:
         """The view's arguments for ``spec``: what may be due for a READY or LEASED record now."""
         expires = spec.container.expires_after_minutes
         margin = min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0)
+        # READY ones are refreshed earlier when a lease wants more life (``DesiredPool.claim_margin``).
+        claim = min(float(spec.lease.min_remaining_on_claim_seconds), expires * 60 - 1.0)
         every = spec.outputs.every_seconds
-        return {"ready_horizon": now + margin,
+        return {"ready_horizon": now + max(margin, claim),
                 "leased_horizon": now + max(margin, float(spec.outputs.before_expiry_margin_seconds)),
                 "surplus": surplus, "lapsed_before": now, "harvest_before": None if every is None else now - every}
 

@@ -10,8 +10,9 @@ calls) with ``time.process_time`` around each, and the same with the old full-re
     .venv/bin/python bench/tick.py                    # 10,000 and 40,000
     .venv/bin/python bench/tick.py --containers 2000  # quicker
 
-Printed per size: CPU ms per tick (median of ``--ticks``), Redis commands per tick (INFO
-commandstats delta: the commands scripts run inside count too), records read, actions by kind,
+Printed per size: CPU ms per tick (median of ``--ticks``), round trips per tick (what the client
+sends: a command or a whole pipeline), Redis commands per tick (INFO commandstats delta: the
+commands scripts run inside count too), records read, actions by kind,
 and the ratio full-read / indexed. The refreshes a tick asks for are then done as a worker would
 (the deadline moves; not measured), so the next tick sees a steady pool, not a growing backlog.
 """
@@ -80,6 +81,23 @@ def build(rt: Runtime, per_pool: int, rng: random.Random) -> None:
             rt.leases.try_lease(pool, ttl=3600)
 
 
+class RoundTrips:
+    """Counts what the client sends (one send = one round trip: a command, or a whole pipeline)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        original = redis.connection.Connection.send_packed_command
+
+        def counting(conn: Any, *args: Any, **kw: Any) -> None:
+            self.sent += 1
+            original(conn, *args, **kw)
+
+        redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+
+
+TRIPS = RoundTrips()
+
+
 def commands(client: redis.Redis) -> int:
     stats: dict[str, Any] = client.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if not k.startswith("cmdstat_info"))
@@ -92,14 +110,17 @@ def run_ticks(rt: Runtime, ticks: int, *, full_read: bool) -> dict[str, Any]:
     cpu: list[float] = []
     cmds: list[int] = []
     read: list[int] = []
+    trips: list[int] = []
     kinds: Counter[str] = Counter()
     for _ in range(ticks):
         clock.advance(10.0)  # one heartbeat interval
         before = commands(rt.redis)
+        sends = TRIPS.sent
         t = time.process_time()
         plans = Planner(rt, commit=True, full_read=full_read).plan()
         done = Applier(rt, lambda name, args: sent.append(name)).apply(plans)
         cpu.append((time.process_time() - t) * 1000)
+        trips.append(TRIPS.sent - sends)
         cmds.append(commands(rt.redis) - before - 1)
         read.append(sum(p.read for p in plans))
         kinds.update(a["kind"] for a in done)
@@ -108,6 +129,7 @@ def run_ticks(rt: Runtime, ticks: int, *, full_read: bool) -> dict[str, Any]:
                 rt.store.update(a["name"], (State.READY, State.LEASED), deadline=clock.now() + EXPIRES)
                 rt.redis.delete(rt.store.key("pending", "refresh", a["name"]))
     return {"cpu_ms": statistics.median(cpu), "commands": statistics.median(cmds), "read": statistics.median(read),
+            "trips": statistics.median(trips),
             "actions": {k: round(n / ticks, 1) for k, n in kinds.items()}, "ticks": ticks}
 
 
@@ -130,10 +152,12 @@ def bench(size: int, ticks: int, redis_url: str, rng: random.Random) -> None:
             full = run_ticks(rt, max(2, ticks // 2), full_read=True)
             again = run_ticks(rt, ticks, full_read=False)  # after the baseline: same figures
             ms = statistics.median([indexed["cpu_ms"], again["cpu_ms"]])
-            print(f"{size:>6} containers  indexed: {ms:7.1f} ms CPU/tick, {indexed['commands']:.0f} Redis commands,"
-                  f" {indexed['read']:.0f} records read, actions/tick {indexed['actions']}")
-            print(f"{'':>6}             full read: {full['cpu_ms']:7.1f} ms CPU/tick, {full['commands']:.0f} Redis "
-                  f"commands, {full['read']:.0f} records read, actions/tick {full['actions']}")
+            print(f"{size:>6} containers  indexed: {ms:7.1f} ms CPU/tick, {indexed['trips']:.0f} round trips, "
+                  f"{indexed['commands']:.0f} Redis commands, {indexed['read']:.0f} records read, "
+                  f"actions/tick {indexed['actions']}")
+            print(f"{'':>6}             full read: {full['cpu_ms']:7.1f} ms CPU/tick, {full['trips']:.0f} round trips, "
+                  f"{full['commands']:.0f} Redis commands, {full['read']:.0f} records read, "
+                  f"actions/tick {full['actions']}")
             print(f"{'':>6}             ratio full/indexed: {full['cpu_ms'] / ms:.1f}x", flush=True)
         finally:
             for key in client.scan_iter(f"bench{size}:*", count=10_000):

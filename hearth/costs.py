@@ -67,6 +67,11 @@ class PoolSizing:
                 "demand": self.demand.to_json(), "spend": self.spend.to_json()}
 
 
+def _midnight(now: float) -> float:
+    """The start of ``now``'s day (UTC): a budget is per day."""
+    return datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
 class Costs:
     """Metering, demand and budgets of every pool under one key prefix."""
 
@@ -90,42 +95,55 @@ class Costs:
     def budget_of(self, spec: PoolSpec) -> Budget | None:
         return spec.budget or self.default_budget
 
-    def spend(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float) -> Spend:
+    def spend(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float, *,
+              today: float | None = None) -> Spend:
+        """``today``: the pool's spend today, already read (``queue_today``); else read now."""
         price = self.prices.tier(spec.container.memory_limit)
-        midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        today = sum(row.usd for row in self.ledger.read([spec.name], midnight, now))
+        if today is None:
+            today = sum(row.usd for row in self.ledger.read([spec.name], _midnight(now), now))
         budget = self.budget_of(spec)
         return Spend(today_usd=today, projected_usd=projected_usd(records, now, price),
                      burn_usd_per_hour=burn_rate(records, price),
                      budget_usd_per_day=budget.usd_per_day if budget else None, hard=bool(budget and budget.hard))
 
-    def spend_counted(self, spec: PoolSpec, view: PoolView, now: float) -> Spend:
+    def spend_counted(self, spec: PoolSpec, view: PoolView, now: float, *, today: float | None = None) -> Spend:
         """As :meth:`spend`, from the pool's counters instead of every record: the burn is the count
         of billed containers, the projection the sum of their deadlines less now, plus what the
         overdue ones (all read by the view: something is due for them) would add below zero.
         Equal to :meth:`spend` when a container's minimum ends before its deadline (an expiry at
-        least the price's minimum: 20 against 5 minutes by default)."""
+        least the price's minimum: 20 against 5 minutes by default). ``today``: the pool's spend
+        today, already read (``queue_today``); else read now."""
         price = self.prices.tier(spec.container.memory_limit)
         overdue = sum(now - r.deadline for r in view.records
                       if r.deadline is not None and r.deadline < now and r.container_id is not None
                       and r.state not in (State.GONE, State.EXPIRED))
         remaining = view.deadline_sum - view.deadline_count * now + overdue
         return self._spend(spec, now, projected=price.usd(max(0.0, remaining)),
-                           burn=view.meter.total * price.usd_per_hour)
+                           burn=view.meter.total * price.usd_per_hour, today=today)
 
-    def _spend(self, spec: PoolSpec, now: float, *, projected: float, burn: float) -> Spend:
-        midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        today = sum(row.usd for row in self.ledger.read([spec.name], midnight, now))
+    def _spend(self, spec: PoolSpec, now: float, *, projected: float, burn: float,
+               today: float | None = None) -> Spend:
+        if today is None:
+            today = sum(row.usd for row in self.ledger.read([spec.name], _midnight(now), now))
         budget = self.budget_of(spec)
         return Spend(today_usd=today, projected_usd=projected, burn_usd_per_hour=burn,
                      budget_usd_per_day=budget.usd_per_day if budget else None, hard=bool(budget and budget.hard))
 
+    def queue_today(self, pipe: Any, pool: str, now: float) -> None:
+        """The pool's spend today (UTC), one command queued on ``pipe``; its reply goes to
+        ``ledger.spent_reply``."""
+        self.ledger.spent(pool, _midnight(now), now, pipe=pipe)
+
     def size(self, spec: PoolSpec, records: Sequence[ContainerRecord], now: float, *, min_ready: int,
-             buffer: int | str, leased: int, commit: bool = False, spend: Spend | None = None) -> PoolSizing:
+             buffer: int | str, leased: int, commit: bool = False, spend: Spend | None = None,
+             demand: DemandView | None = None, writes: Any = None) -> PoolSizing:
         """The pool's READY target now. ``commit`` (the heartbeat's tick only) updates the demand
         estimate and logs a budget change; ``hearth plan`` and ``status`` leave both alone.
-        ``spend``: already known (from the counters); else computed from ``records``."""
-        demand = self.demand.view(spec.name, now, commit=commit)
+        ``spend``: already known (from the counters); else computed from ``records``. ``demand``:
+        already read (and, with ``commit``, its fold queued by the caller); else read now.
+        ``writes``: a pipeline the refusal is queued on (the tick's one write pipeline), else sent now."""
+        if demand is None:
+            demand = self.demand.view(spec.name, now, commit=commit)
         spend = spend if spend is not None else self.spend(spec, records, now)
         verdict = BudgetVerdict()
         # One more container would cost at least its idle expiry: over when that would not fit.
@@ -142,7 +160,7 @@ class Costs:
                            ready_seconds=demand.ready_seconds, auto=auto, budget=verdict,
                            replenish_seconds=self.replenish_seconds)
         if commit:
-            self._publish_refusal(spec.name, verdict)
+            self._publish_refusal(spec.name, verdict, pipe=writes)
         if commit and self._over.get(spec.name, False) != verdict.over:
             self._over[spec.name] = verdict.over
             if verdict.over:
@@ -155,13 +173,14 @@ class Costs:
     def refusal_key(self, pool: str) -> str:
         return f"{self.ledger.prefix}:pool:{pool}:budget-refusal"
 
-    def _publish_refusal(self, pool: str, verdict: BudgetVerdict) -> None:
+    def _publish_refusal(self, pool: str, verdict: BudgetVerdict, *, pipe: Any = None) -> None:
         # Leases read this only when the pool is empty, so a hard budget costs the warm path nothing.
         # It lapses by itself if the heartbeat stops: a stale refusal must not outlive its reason.
+        target = self.redis if pipe is None else pipe
         if verdict.over and verdict.hard:
-            self.redis.set(self.refusal_key(pool), verdict.reason or "over budget", ex=REFUSAL_TTL)
+            target.set(self.refusal_key(pool), verdict.reason or "over budget", ex=REFUSAL_TTL)
         else:
-            self.redis.delete(self.refusal_key(pool))
+            target.delete(self.refusal_key(pool))
 
     def refusal(self, pool: str) -> str | None:
         """Why leases of ``pool`` are refused at once (a hard budget), or None."""
@@ -180,10 +199,12 @@ class Costs:
         if accrual.spans or accrual.minimum_usd:
             observer.cost(spec.name, tier, {c: accrual.seconds(c) for c in CATEGORIES}, usd)
 
-    def meter_counted(self, spec: PoolSpec, advance: MeterAdvance, observer: Observer) -> None:
-        """Bill one tick's advance of the pool's counters (``PoolStore.meter_advance``)."""
+    def meter_counted(self, spec: PoolSpec, advance: MeterAdvance, observer: Observer, *,
+                      writes: Any = None) -> None:
+        """Bill one tick's advance of the pool's counters (``PoolStore.meter_advance``); ``writes``:
+        a pipeline the bill is queued on (the tick's one write pipeline), else sent now."""
         tier = spec.container.memory_limit
-        accrual = self.ledger.bill(spec.name, tier, advance)
+        accrual = self.ledger.bill(spec.name, tier, advance, pipe=writes)
         usd = self.prices.tier(tier).usd(accrual.seconds()) + sum(d for _, d in accrual.minimum_usd)
         if accrual.spans or accrual.minimum_usd:
             observer.cost(spec.name, tier, {c: accrual.seconds(c) for c in CATEGORIES}, usd)

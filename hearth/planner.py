@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
 
-from hearth.costs import PoolSizing
+from hearth.costs import PoolSizing, Spend
 from hearth.errors import Conflict, HearthError, LeaseError
 from hearth.events import log_event
 from hearth.operations import missing_secret_vars, spec_hash
+from hearth.pool.demand import DemandView
 from hearth.pool.model import ContainerRecord, State, make_name
 from hearth.pool.reconcile import (
     Action,
@@ -37,7 +38,7 @@ from hearth.pool.reconcile import (
     ready_target,
     reconcile,
 )
-from hearth.pool.store import BreakerState, BreakerStatus, PoolView
+from hearth.pool.store import BreakerState, BreakerStatus, MeterAdvance, PoolView
 from hearth.pool.wanted import FillRequests
 from hearth.runtime import Runtime
 from hearth.sessions.live import LiveSaves
@@ -49,7 +50,15 @@ Enqueue = Callable[[str, list[Any]], None]
 DEFAULT_STUCK_TIMEOUT = 900.0  # harvest/delete work without progress this long is issued again, s
 COUNTER_CHECK_SECONDS = 3600  # a pool's counters are compared with a full recount this often
 _CHECKED: dict[tuple[str, str], float] = {}  # (prefix, pool) -> when this process last looked
-SPEC_CHANGED = "the pool's spec changed"  # a breaker_retry; any other one is an environment change
+SPEC_CHANGED = "the pool's spec changed"
+# SET NX PX of every key, one command: the pending marks of a tick's refreshes (1 = newly set).
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('SET', key, '1', 'NX', 'PX', ARGV[1]) and 1 or 0
+end
+return out
+"""  # a breaker_retry; any other one is an environment change
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,20 @@ class PoolPlan:
             "sizing": self.sizing.to_json() if self.sizing else None,
             "actions": [a.to_json() for a in self.actions],
         }
+
+
+@dataclass
+class _TickReads:
+    """What one pipelined round trip read for every pool of a plan (``Planner._read_all``), and the
+    pipeline the plan's writes (bills, demand folds, budget refusals) are queued on, sent once."""
+
+    writes: Any
+    inputs: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # pool -> (digest, error)
+    views: dict[str, PoolView] = field(default_factory=dict)  # only the usable ones
+    demand: dict[str, tuple[DemandView, dict[str, float] | None]] = field(default_factory=dict)  # (view, fold)
+    today: dict[str, float] = field(default_factory=dict)  # spend today (UTC), USD
+    advances: dict[str, MeterAdvance | None] = field(default_factory=dict)  # a committing tick's
+    known: list[str] = field(default_factory=list)  # pools that ever had a record
 
 
 def harvest_due(spec: PoolSpec, records: Sequence[ContainerRecord], now: float) -> list[HarvestDue]:
@@ -188,6 +211,7 @@ class Planner:
             hold_surplus_seconds=self.rt.costs.hold_surplus_seconds(spec) if buffer == "auto" else 0.0,
             max_total=spec.max_total,
             keepalive_margin=min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0),
+            claim_margin=min(float(spec.lease.min_remaining_on_claim_seconds), expires * 60 - 1.0),
             inputs_digest=digest,
             expires_minutes=expires,
             orphan_grace=self.rt.settings.orphan_grace,
@@ -210,17 +234,24 @@ class Planner:
         """Plans of every pool; ``only``: of those pools of the pools file alone (a fill request:
         no removed pools, no orphans)."""
         now = self.rt.clock.now() if now is None else now
-        store = self.rt.store
         pools = self.rt.pools().pools
-        plans: list[PoolPlan] = []
+        specs = list(pools.values())
         if only is not None:
             wanted = set(only)
-            return [self._plan_pool(spec, now, None) for name, spec in pools.items() if name in wanted]
-        for spec in pools.values():
-            plans.append(self._plan_pool(spec, now, remote))
+            specs = [spec for spec in specs if spec.name in wanted]
+            remote = None  # a fill request: no removed pools, no orphans
+        reads = None if self.full_read else self._read_all(specs, now, remote=remote, known=only is None)
+        try:
+            plans = [self._plan_pool(spec, now, remote, reads) for spec in specs]
+        finally:
+            if reads is not None:  # the bills, demand folds and refusals of every pool: one round trip
+                self.rt.store._cmd(reads.writes.execute)
+        if only is not None:
+            return plans
+        known = reads.known if reads is not None else self.rt.store.pools()
         # Pools removed from the pools file: let go of their idle containers, keep leased ones.
-        for name in sorted(set(store.pools()) - set(pools)):
-            records = store.records(name)
+        for name in sorted(set(known) - set(pools)):
+            records = self.rt.store.records(name)
             if not records:
                 continue
             desired = DesiredPool(name=name, min_ready=0, max_total=0, name_prefix=self.rt.settings.name_prefix,
@@ -235,39 +266,101 @@ class Planner:
             plans.extend(self._orphans(plans, remote, now))
         return plans
 
-    def _view(self, spec: PoolSpec, now: float, digest: str, surplus: int = 0) -> PoolView | None:
-        """The pool through its indexes (``PoolStore.view``); None when every record must be read:
-        the counters are not started yet (a tick starts them now), or a rotation is under way."""
-        store = self.rt.store
+    def _read_all(self, specs: Sequence[PoolSpec], now: float, *, remote: list[RemoteContainer] | None,
+                  known: bool) -> _TickReads:
+        """What every pool's plan reads, in one pipelined round trip: each pool's index view
+        (``TICK_VIEW``), demand, spend today and (a committing tick) meter advance, plus the pools
+        that have records (``known``). A pool whose view cannot be used (counters not started, a
+        rotation) is read in full later, as before."""
+        store, costs = self.rt.store, self.rt.costs
+        reads = _TickReads(writes=self.rt.redis.pipeline(transaction=False))
+        pipe = self.rt.redis.pipeline(transaction=False)
+        steps: list[tuple[str, str, int]] = []  # (pool, what, replies it takes), in queue order
+        for spec in specs:
+            name = spec.name
+            try:
+                reads.inputs[name] = (self.rt.inputs(spec)[1], None)
+            except HearthError as exc:
+                # One pool's broken input must not stop keepalive anywhere: keep what its containers
+                # hold (no rotation), create nothing new, and say why.
+                reads.inputs[name] = (None, f"inputs: {exc}")
+            if remote is None and reads.inputs[name][0] is not None:
+                store.queue_view(pipe, name, now, **self._horizons(spec, now))
+                steps.append((name, "view", 1))
+            steps.append((name, "demand", costs.demand.queue_view(pipe, name, now)))
+            costs.queue_today(pipe, name, now)
+            steps.append((name, "today", 1))
+            if self.commit:
+                store.queue_meter_advance(pipe, name, now, retention=costs.ledger.retention)
+                steps.append((name, "advance", 1))
+        if known:
+            pipe.smembers(store.key("pools"))
+        replies = store._cmd(pipe.execute)
+        at = 0
+        for name, what, n in steps:
+            got = replies[at:at + n]
+            at += n
+            if what == "view":
+                view = store.view_reply(name, got[0])
+                digest = reads.inputs[name][0]
+                assert digest is not None
+                usable = self._usable(name, view, digest)
+                if usable is not None:
+                    reads.views[name] = usable
+            elif what == "demand":
+                reads.demand[name] = costs.demand.view_reply(got, now, commit=self.commit)
+            elif what == "today":
+                reads.today[name] = costs.ledger.spent_reply(got[0])
+            else:
+                reads.advances[name] = store.meter_advance_reply(got[0], now)
+        if known:
+            reads.known = sorted(_text(p) for p in replies[at])
+        return reads
+
+    def _horizons(self, spec: PoolSpec, now: float, surplus: int = 0) -> dict[str, Any]:
+        """The view's arguments for ``spec``: what may be due for a READY or LEASED record now."""
         expires = spec.container.expires_after_minutes
         margin = min(float(spec.keepalive.margin_seconds), expires * 60 - 1.0)
+        # READY ones are refreshed earlier when a lease wants more life (``DesiredPool.claim_margin``).
+        claim = min(float(spec.lease.min_remaining_on_claim_seconds), expires * 60 - 1.0)
         every = spec.outputs.every_seconds
-        view = store.view(
-            spec.name, now, ready_horizon=now + margin,
-            leased_horizon=now + max(margin, float(spec.outputs.before_expiry_margin_seconds)),
-            surplus=surplus, lapsed_before=now, harvest_before=None if every is None else now - every,
-        )
+        return {"ready_horizon": now + max(margin, claim),
+                "leased_horizon": now + max(margin, float(spec.outputs.before_expiry_margin_seconds)),
+                "surplus": surplus, "lapsed_before": now, "harvest_before": None if every is None else now - every}
+
+    def _usable(self, pool: str, view: PoolView, digest: str) -> PoolView | None:
+        """``view``, or None when every record must be read: the counters are not started yet (a
+        tick starts them now), or a rotation is under way."""
         if not view.started:
             if self.commit:  # the tick starts them; `hearth plan` and `status` write nothing
-                store.recount(spec.name)
+                self.rt.store.recount(pool)
             return None
         if any(d != digest for d in view.digests):
             return None  # READY containers with other inputs: rotation ranks all of them
         return view
 
-    def _plan_pool(self, spec: PoolSpec, now: float, remote: list[RemoteContainer] | None) -> PoolPlan:
+    def _view(self, spec: PoolSpec, now: float, digest: str, surplus: int = 0) -> PoolView | None:
+        """The pool through its indexes (``PoolStore.view``), read alone (a surplus beyond what the
+        tick's view read); None when every record must be read (``_usable``)."""
+        view = self.rt.store.view(spec.name, now, **self._horizons(spec, now, surplus))
+        return self._usable(spec.name, view, digest)
+
+    def _plan_pool(self, spec: PoolSpec, now: float, remote: list[RemoteContainer] | None,
+                   reads: _TickReads | None) -> PoolPlan:
+        """One pool's plan from what ``_read_all`` read (``reads``; None on the full-read path)."""
         store = self.rt.store
         error: str | None = None
         digest: str | None = None
-        try:
-            _, digest = self.rt.inputs(spec)
-        except HearthError as exc:
-            # One pool's broken input must not stop keepalive anywhere: keep what its containers
-            # hold (no rotation), create nothing new, and say why.
-            error = f"inputs: {exc}"
-        view: PoolView | None = None
-        if remote is None and not self.full_read and digest is not None:
-            view = self._view(spec, now, digest)
+        if reads is not None:
+            digest, error = reads.inputs[spec.name]
+        else:
+            try:
+                _, digest = self.rt.inputs(spec)
+            except HearthError as exc:
+                # One pool's broken input must not stop keepalive anywhere: keep what its containers
+                # hold (no rotation), create nothing new, and say why.
+                error = f"inputs: {exc}"
+        view = reads.views.get(spec.name) if reads is not None else None
         if view is not None and view.breaker is not None:
             # One script read the records, the counts, the breaker, the drain mark and the intents.
             draining, breaker, intents = view.draining, view.breaker, view.intents
@@ -286,9 +379,20 @@ class Planner:
         if not draining:
             min_ready, buffer = spec.sizes_at(now)
             leased = counts_by_state[State.LEASED]
-            spent = self.rt.costs.spend_counted(spec, view, now) if view is not None else None
-            sized = self.rt.costs.size(spec, records, now, min_ready=min_ready, buffer=buffer, leased=leased,
-                                       commit=self.commit, spend=spent)
+            costs = self.rt.costs
+            spent: Spend | None = None
+            demand: DemandView | None = None
+            writes: Any = None
+            if reads is not None:
+                today = reads.today.get(spec.name)
+                spent = costs.spend_counted(spec, view, now, today=today) if view is not None \
+                    else costs.spend(spec, records, now, today=today)
+                demand, fold = reads.demand[spec.name]
+                writes = reads.writes
+                if fold is not None:
+                    costs.demand.queue_fold(writes, spec.name, now, fold)
+            sized = costs.size(spec, records, now, min_ready=min_ready, buffer=buffer, leased=leased,
+                               commit=self.commit, spend=spent, demand=demand, writes=writes)
             breaker_open = breaker_open or not sized.sizing.creates_allowed
             if self.commit:
                 self.rt.observer.spend(spec.name, sized.spend.burn_usd_per_hour, sized.budget.over)
@@ -302,7 +406,7 @@ class Planner:
                 records = view.records
                 counts_by_state = view.counts
         if self.commit:
-            self._meter(spec, records, now, counted=view is not None)
+            self._meter(spec, records, now, counted=view is not None, reads=reads)
         unread = Unread()
         if view is not None:
             unread = Unread(
@@ -343,15 +447,20 @@ class Planner:
             read=len(records),
         )
 
-    def _meter(self, spec: PoolSpec, records: list[ContainerRecord], now: float, *, counted: bool) -> None:
+    def _meter(self, spec: PoolSpec, records: list[ContainerRecord], now: float, *, counted: bool,
+               reads: _TickReads | None = None) -> None:
         """Bill the pool's container time since its previous tick: from the counters (count x
-        elapsed, kept by the scripts), or from every record on the full-read path."""
+        elapsed, kept by the scripts; the advance read with the tick's views, the bill queued on its
+        write pipeline), or from every record on the full-read path."""
         store, costs = self.rt.store, self.rt.costs
         if self.full_read:
             costs.meter(spec, records, now, self.rt.observer)
             return
         retention = costs.ledger.retention
-        advance = store.meter_advance(spec.name, now, retention=retention)
+        advance = reads.advances.get(spec.name) if reads is not None else None
+        if advance is None:
+            # Counters not started when the tick read them (the view may have started them since).
+            advance = store.meter_advance(spec.name, now, retention=retention)
         if advance is None:
             store.recount(spec.name)
             advance = store.meter_advance(spec.name, now, retention=retention)
@@ -361,7 +470,7 @@ class Planner:
             costs.meter(spec, store.records(spec.name) if counted else records, now, self.rt.observer)
             return
         if advance is not None:
-            costs.meter_counted(spec, advance, self.rt.observer)
+            costs.meter_counted(spec, advance, self.rt.observer, writes=reads.writes if reads is not None else None)
             self._check_counters(spec.name)
 
     def _check_counters(self, pool: str) -> None:
@@ -398,6 +507,10 @@ class Planner:
                      breaker_reason=None, draining=True, next_schedule_change=None, actions=found)
             for name, found in sorted(by_pool.items())
         ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _common_digest(records: Sequence[ContainerRecord]) -> str:
@@ -443,27 +556,28 @@ class Applier:
             return claimed
         return bool(self.rt.redis.set(key, "1", nx=True, px=max(1, int(self.pending_ttl * 1000))))
 
-    def _claim(self, plan: PoolPlan) -> None:
-        """The pending marks of a plan's refreshes and harvests in one round trip (a steady tick's
-        actions are nearly all refreshes: one SET NX each would be a round trip each)."""
-        keys = [self.rt.store.key("pending", "refresh", a.name) for a in plan.actions if isinstance(a, Refresh)]
-        keys += [self.rt.store.key("pending", "harvest", a.container_id) for a in plan.actions
-                 if isinstance(a, HarvestDue)]
+    def _claim(self, plans: Sequence[PoolPlan]) -> None:
+        """The pending marks of every plan's refreshes and harvests in one round trip (a steady
+        tick's actions are nearly all refreshes: one SET NX each would be a round trip each)."""
+        keys: list[str] = []
+        for plan in plans:
+            keys += [self.rt.store.key("pending", "refresh", a.name) for a in plan.actions if isinstance(a, Refresh)]
+            keys += [self.rt.store.key("pending", "harvest", a.container_id) for a in plan.actions
+                     if isinstance(a, HarvestDue)]
         if len(keys) < 2:
             return
-        pipe = self.rt.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.set(key, "1", nx=True, px=max(1, int(self.pending_ttl * 1000)))
-        for key, got in zip(keys, self.rt.store._cmd(pipe.execute), strict=True):
-            self._claimed[key] = bool(got)
+        claim = self.rt.redis.register_script(_CLAIM)  # no IO: the script is loaded on first use
+        got = self.rt.store._cmd(claim, keys=keys, args=[max(1, int(self.pending_ttl * 1000))])
+        for key, claimed in zip(keys, got, strict=True):
+            self._claimed[key] = bool(claimed)
 
     def apply(self, plans: Sequence[PoolPlan]) -> list[dict[str, Any]]:
         done: list[dict[str, Any]] = []
+        try:
+            self._claim(plans)
+        except HearthError as exc:
+            log.warning("could not mark refreshes pending: %s", exc)  # each is marked as it is applied
         for plan in plans:
-            try:
-                self._claim(plan)
-            except HearthError as exc:
-                log.warning("could not mark %s's refreshes pending: %s", plan.pool, exc)
             for action in plan.actions:
                 try:
                     if isinstance(action, Provision):

@@ -417,7 +417,8 @@ class LeaseRules(_Model):
     ] = 900
     min_remaining_on_claim_seconds: Annotated[
         int,
-        Field(ge=0, description="Only containers with at least this much idle life left are leased, s. Default 300."),
+        Field(ge=0, description="Only containers with at least this much idle life left are leased, s; the "
+                               "heartbeat refreshes READY ones before they have less. Default 300."),
     ] = 300
     on_release: Annotated[
         Literal["retire", "reuse"],

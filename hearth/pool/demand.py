@@ -80,12 +80,27 @@ class DemandStore:
     def view(self, pool: str, now: float, *, commit: bool = False) -> DemandView:
         """The pool's demand at ``now``; ``commit`` folds new leases into the stored estimates."""
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_view(pipe, pool, now)
+        if commit:  # waiters that gave up without saying so (a killed caller)
+            pipe.zremrangebyscore(self.key(pool, "waiting"), "-inf", f"({now!r}")
+        view, fold = self.view_reply(self._run(pipe.execute)[:3], now, commit=commit)
+        if fold is not None:
+            self._run(self.redis.hset, self.key(pool), mapping=fold)
+        return view
+
+    def queue_view(self, pipe: Any, pool: str, now: float) -> int:
+        """The reads of :meth:`view` queued on ``pipe`` (the tick reads every pool in one round
+        trip); returns how many replies they take, for :meth:`view_reply`."""
         pipe.hgetall(self.key(pool))
         pipe.lrange(self.key(pool, "ready"), 0, READY_SAMPLES - 1)
         pipe.zcount(self.key(pool, "waiting"), repr(now), "+inf")
-        if commit:  # waiters that gave up without saying so (a killed caller)
-            pipe.zremrangebyscore(self.key(pool, "waiting"), "-inf", f"({now!r}")
-        raw, samples, waiting, *_ = self._run(pipe.execute)
+        return 3
+
+    def view_reply(self, replies: list[Any], now: float, *, commit: bool = False
+                   ) -> tuple[DemandView, dict[str, float] | None]:
+        """The demand of :meth:`queue_view`'s replies, and (``commit``) the estimates to store:
+        :meth:`queue_fold` writes them (the tick in its one write pipeline)."""
+        raw, samples, waiting = replies
         fields = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
         leases = fields.get("leases", 0.0)
         new = int(leases - fields.get("seen", 0.0))
@@ -96,15 +111,20 @@ class DemandStore:
         if new > 0 or commit:
             fast = fast.observe(now, self.fast_tau, max(0, new))
             slow = slow.observe(now, self.slow_tau, max(0, new))
-        if commit:
-            self._run(self.redis.hset, self.key(pool), mapping={
-                "seen": leases, "fast_rate": fast.rate, "fast_at": fast.at, "slow_rate": slow.rate,
-                "slow_at": slow.at,
-            })
+        # ``seen`` is the count read here: a lease counted after the read is folded next tick.
+        fold = {"seen": leases, "fast_rate": fast.rate, "fast_at": fast.at, "slow_rate": slow.rate,
+                "slow_at": slow.at} if commit else None
         seconds = [float(s) for s in samples]
-        return DemandView(
+        view = DemandView(
             rate=rate(fast, slow, now, fast_tau=self.fast_tau, slow_tau=self.slow_tau, recent=recent),
             ready_seconds=ready_seconds(seconds, default=self.ready_default),
             ready_samples=len(seconds),
             waiting=int(waiting),
         )
+        return view, fold
+
+    def queue_fold(self, pipe: Any, pool: str, now: float, fold: dict[str, float]) -> None:
+        """Store the estimates :meth:`view_reply` folded, and drop waiters that gave up without
+        saying so (a killed caller), on ``pipe`` (the tick's one write pipeline)."""
+        pipe.zremrangebyscore(self.key(pool, "waiting"), "-inf", f"({now!r}")
+        pipe.hset(self.key(pool), mapping=fold)

@@ -12,8 +12,11 @@ Rules (one tick):
   still exists until deleted), and provisions only fill free slots.
 * Refresh (the keepalive call, which costs money: observing is touching) only containers Hearth
   still wants — READY ones within the target and LEASED ones — whose deadline is within
-  ``keepalive_margin``. A leased container whose deadline seems past is refreshed, not retired:
-  its holder's own calls keep it alive without Hearth seeing them, so the refresh is the check.
+  ``keepalive_margin``, and READY ones with less life than a lease takes (``claim_margin``, the
+  pool's ``min_remaining_on_claim_seconds``): such a spare could not be leased, yet it counts as
+  READY, so without the refresh the pool would answer "empty" until the keepalive margin came. A
+  leased container whose deadline seems past is refreshed, not retired: its holder's own calls
+  keep it alive without Hearth seeing them, so the refresh is the check.
 * EXPIRED/FAILED records, and live ones past their deadline, are retired (deleted if a container
   exists, else forgotten) and replaced through the normal provision count.
 * CREATING/SEEDING without progress for ``create_timeout`` is treated as failed; an intent with no
@@ -70,6 +73,14 @@ class DesiredPool:
     # Surplus READY containers younger than this (since create) are kept, not deleted: their
     # billed minimum is paid already, so deleting them saves nothing and one may serve a lease.
     hold_surplus_seconds: float = 0.0
+    # The least life a lease takes (``lease.min_remaining_on_claim_seconds``): a READY container
+    # with less cannot be leased, so it is refreshed as if within the keepalive margin.
+    claim_margin: float = 0.0
+
+    @property
+    def ready_refresh_margin(self) -> float:
+        """A READY container Hearth keeps is refreshed when its remaining life is at most this."""
+        return max(self.keepalive_margin, self.claim_margin)
 
     def __post_init__(self) -> None:
         if min(self.min_ready, self.max_total, self.buffer) < 0:
@@ -79,6 +90,8 @@ class DesiredPool:
         if not 0 <= self.keepalive_margin < self.expires_minutes * 60:
             # A margin as long as the expiry would refresh every container on every tick.
             raise ValueError("keepalive_margin must be at least 0 and shorter than expires_minutes")
+        if not 0 <= self.claim_margin < self.expires_minutes * 60:
+            raise ValueError("claim_margin must be at least 0 and shorter than expires_minutes")
 
 
 @dataclass(frozen=True)
@@ -188,7 +201,7 @@ def action_from_json(data: dict[str, Any]) -> Action:
 @dataclass(frozen=True)
 class Unread:
     """Records a tick did not read (``hearth.planner``'s index view): READY ones with current
-    inputs whose deadline is beyond the keepalive margin and that rank above every read READY
+    inputs whose deadline is beyond ``DesiredPool.ready_refresh_margin`` and that rank above every read READY
     record (more life), and LEASED ones not lapsed, not near their deadline, no harvest due. They
     occupy slots and count toward the target; nothing is due for them, so they get no action."""
 
@@ -389,7 +402,8 @@ def reconcile(
     for r in [*kept, *leased]:
         if r.name in forced or r.container_id is None:
             continue
-        if r.remaining(now) <= desired.keepalive_margin:
+        margin = desired.ready_refresh_margin if r.state is State.READY else desired.keepalive_margin
+        if r.remaining(now) <= margin:
             actions.append(Refresh(pool=pool, name=r.name, container_id=r.container_id))
 
     if count > 0:

@@ -394,7 +394,19 @@ class PoolStore:
     def meter_advance(self, pool: str, now: float, *, retention: int = 35 * 86400) -> MeterAdvance | None:
         """Bill ``pool``'s container time since its previous tick: None when the counters are not
         started (``recount`` first); an empty advance for the first or an old tick."""
-        reply = self._call(self._meter_advance, pool, repr(round(now, 3)), str(int(retention)))
+        return self.meter_advance_reply(self._call(self._meter_advance, *self._advance_args(pool, now, retention)), now)
+
+    def queue_meter_advance(self, pipe: Any, pool: str, now: float, *, retention: int = 35 * 86400) -> None:
+        """:meth:`meter_advance` queued on ``pipe`` (the tick's one read pipeline of every pool);
+        its reply goes to :meth:`meter_advance_reply`."""
+        self._meter_advance(keys=[], args=[self.prefix, *self._advance_args(pool, now, retention)], client=pipe)
+
+    @staticmethod
+    def _advance_args(pool: str, now: float, retention: int) -> tuple[str, ...]:
+        return pool, repr(round(now, 3)), str(int(retention))
+
+    @staticmethod
+    def meter_advance_reply(reply: Any, now: float) -> MeterAdvance | None:
         status = _text(reply[0])
         if status == "cold":
             return None
@@ -413,10 +425,26 @@ class PoolStore:
     def view(self, pool: str, now: float, *, ready_horizon: float, leased_horizon: float, surplus: int,
              lapsed_before: float, harvest_before: float | None = None) -> PoolView:
         """The counts of ``pool`` and only the records something may be due for (``scripts.TICK_VIEW``)."""
-        reply = self._call(
-            self._view, pool, repr(round(now, 3)), repr(ready_horizon), repr(leased_horizon), str(max(0, surplus)),
-            repr(lapsed_before), "" if harvest_before is None else repr(harvest_before),
-        )
+        args = self._view_args(pool, now, ready_horizon=ready_horizon, leased_horizon=leased_horizon,
+                               surplus=surplus, lapsed_before=lapsed_before, harvest_before=harvest_before)
+        return self.view_reply(pool, self._call(self._view, *args))
+
+    def queue_view(self, pipe: Any, pool: str, now: float, *, ready_horizon: float, leased_horizon: float,
+                   surplus: int, lapsed_before: float, harvest_before: float | None = None) -> None:
+        """:meth:`view` queued on ``pipe``, so that one round trip reads every pool of a tick; its
+        reply goes to :meth:`view_reply`."""
+        args = self._view_args(pool, now, ready_horizon=ready_horizon, leased_horizon=leased_horizon,
+                               surplus=surplus, lapsed_before=lapsed_before, harvest_before=harvest_before)
+        self._view(keys=[], args=[self.prefix, *args], client=pipe)
+
+    @staticmethod
+    def _view_args(pool: str, now: float, *, ready_horizon: float, leased_horizon: float, surplus: int,
+                   lapsed_before: float, harvest_before: float | None) -> tuple[str, ...]:
+        return (pool, repr(round(now, 3)), repr(ready_horizon), repr(leased_horizon), str(max(0, surplus)),
+                repr(lapsed_before), "" if harvest_before is None else repr(harvest_before))
+
+    def view_reply(self, pool: str, reply: Any) -> PoolView:
+        """The :class:`PoolView` of one ``TICK_VIEW`` reply."""
         states = list(State)
         counts = {state: int(reply[i]) for i, state in enumerate(states)}
         flat = reply[len(states)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from hearth.costs import Costs
-from hearth.pool.metering import CostLedger, accrue, burn_rate, projected_usd
+from hearth.pool.metering import Accrual, CostLedger, Span, accrue, burn_rate, projected_usd
 from hearth.pool.model import ContainerRecord, State
 from settings.pools import PoolSpec
 from settings.prices import PriceTable, TierPrice
@@ -112,3 +112,23 @@ def test_burn_rate_and_projection() -> None:
     assert abs(burn_rate([*live, gone], price) - 2 * 0.36) < 1e-9
     # a: until its deadline (1200 s); b: its deadline is near, but its 5-minute minimum runs to T0+300.
     assert abs(projected_usd([*live, gone], T0, price) - price.usd(1200 + 300)) < 1e-9
+
+
+def test_spend_in_one_script_is_the_sum_the_hourly_read_makes(redis_client: redis.Redis) -> None:
+    # The tick reads today's spend with one script (``CostLedger.spent``); it must be exactly the
+    # sum of ``read``'s rows, over several tiers, hours with and without buckets, and lease counts.
+    ledger = CostLedger(redis_client, PRICES, prefix="tspent")
+    ledger.tick("p", "1g", [], T0)
+    for step in range(1, 6):  # ticks 1,000 s apart over two hours, idle and leased
+        ledger.tick("p", "1g", [_rec("a", State.READY, bound=T0 - 7), _rec("b", State.LEASED, bound=T0)],
+                    T0 + 1000 * step)
+    ledger.record("p", "4g", Accrual(spans=[Span("idle", T0 + 100, 333.3), Span("other", T0 + 3000, 1234.5)],
+                                     minimum_usd=[(T0 + 4000, 0.0123)]))
+    redis_client.hincrby(ledger.bucket_key("p", T0), "leases:1g", 3)
+    now = T0 + 5000
+    for since in (T0, T0 + 3600):
+        rows = ledger.read(["p"], since, now)
+        assert {row.tier for row in rows} == {"1g", "4g"}
+        assert ledger.spent("p", since, now) == sum(row.usd for row in rows)
+    assert ledger.spent("p", T0 + 7200, now + 7200) == 0.0 == sum(r.usd for r in ledger.read(["p"], T0 + 7200, now))
+    assert ledger.spent("other", T0, now) == 0.0

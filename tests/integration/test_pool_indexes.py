@@ -8,6 +8,7 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hearth.api.client import ContainersClient
 from hearth.clock import ManualClock
 from hearth.errors import Conflict, LeaseError
-from hearth.planner import Planner, PoolPlan
+from hearth.planner import Applier, Planner, PoolPlan
 from hearth.pool.leases import Leases
 from hearth.pool.model import State
 from hearth.pool.store import MeterCounts, PoolStore
@@ -229,3 +230,56 @@ def test_the_indexed_tick_plans_what_the_full_read_plans(runtime: Runtime) -> No
     assert {a.kind for p in full for a in p.actions} >= {"refresh", "retire"}
     assert indexed[0].counts == full[0].counts and indexed[0].desired_ready == full[0].desired_ready
     assert indexed[0].read < full[0].read  # and it read less to get there
+
+
+def _round_trips(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> int:
+    """What one committing plan + apply sends to Redis (a command, or a whole pipeline, each one)."""
+    sent = [0]
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(conn: redis.connection.Connection, *args: Any, **kw: Any) -> None:
+        sent[0] += 1
+        original(conn, *args, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        Applier(runtime, lambda name, args: None).apply(Planner(runtime, commit=True).plan())
+    return sent[0]
+
+
+@pytest.mark.parametrize("pools", [1, 6])
+def test_a_steady_tick_sends_as_many_round_trips_for_one_pool_as_for_six(
+        tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, pools: int) -> None:
+    # Every pool's reads go in one pipeline and its writes in another: the round trips of a tick
+    # do not grow with the pools (they used to be about 8 per pool).
+    lines = ["version: 1", "pools:"] + [f"  p{i}: {{min_ready: 4, buffer: 0, max_total: 8}}" for i in range(pools)]
+    (tmp_path / "pools.yaml").write_text("\n".join(lines) + "\n")
+    settings = Settings(pools=tmp_path / "pools.yaml", redis_url=redis_url, key_prefix="ixtrips",  # type: ignore[call-arg]
+                        _env_file=None)
+    rt = Runtime(settings, redis_client=redis.Redis.from_url(redis_url),
+                 client=ContainersClient("http://127.0.0.1:1/v1"), clock=ManualClock(T0))
+    try:
+        for i in range(pools):
+            pool = f"p{i}"
+            rt.store.recount(pool)
+            digest = rt.inputs(rt.pool(pool))[1]
+            for n in range(4):  # at the target; two near their deadline: refreshes are due
+                name = f"hearth-{pool}-{n}"
+                rt.store.write_intent(pool, name, inputs_digest=digest)
+                rt.store.transition(name, State.CREATING, State.READY, container_id=f"c-{pool}-{n}",
+                                    bound_at=T0, deadline=T0 + (100 if n < 2 else 1100))
+        assert isinstance(rt.clock, ManualClock)
+        marks = [rt.store.key("pending", "refresh", f"hearth-p{i}-{n}") for i in range(pools) for n in range(2)]
+        for _ in range(2):  # the first tick starts the meters' clocks, the second checks the counters
+            Applier(rt, lambda name, args: None).apply(Planner(rt, commit=True).plan())  # scripts loaded
+            rt.redis.delete(*marks)
+            rt.clock.advance(10)
+        trips = _round_trips(rt, monkeypatch)
+        # Read pipeline, write pipeline, the refresh marks, and redis-py's SCRIPT EXISTS before
+        # each pipeline that runs scripts.
+        assert trips == 5
+        assert rt.redis.exists(*marks) == len(marks)  # and every due refresh was marked
+    finally:
+        for key in rt.redis.scan_iter("ixtrips:*"):
+            rt.redis.delete(key)
+        rt.close()

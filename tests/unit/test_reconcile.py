@@ -283,3 +283,25 @@ def test_desired_pool_rejects_nonsense() -> None:
         DesiredPool(name=POOL, min_ready=-1, max_total=1)
     with pytest.raises(ValueError, match="keepalive_margin"):
         DesiredPool(name=POOL, min_ready=1, max_total=1, keepalive_margin=1200, expires_minutes=20)
+
+
+def test_a_ready_container_too_short_to_lease_is_refreshed() -> None:
+    # A lease takes only READY containers with min_remaining_on_claim (claim_margin) left: one with
+    # less, yet more than the keepalive margin, could not be leased and was neither refreshed nor
+    # replaced, so a pool with one spare answered PoolEmpty until the keepalive margin came.
+    short = rec("short", life=250)
+    assert reconcile(desired(min_ready=1, keepalive_margin=180), [short], NOW) == []  # the old rule
+    actions = reconcile(desired(min_ready=1, keepalive_margin=180, claim_margin=300), [short], NOW)
+    assert actions == [Refresh(pool=POOL, name="short", container_id="cntr_short")]
+    # A leased container is not claimed again: its refresh stays at the keepalive margin.
+    leased = rec("held", State.LEASED, life=250, lease_id="a", lease_expires_at=NOW + 600)
+    assert reconcile(desired(min_ready=0, max_total=1, keepalive_margin=180, claim_margin=300), [leased], NOW) == []
+    # Surplus is still retired, not refreshed.
+    far = rec("far", life=1000)
+    actions = reconcile(desired(min_ready=1, keepalive_margin=180, claim_margin=300), [short, far], NOW)
+    assert actions == [Retire(pool=POOL, name="short", container_id="cntr_short", reason="surplus")]
+
+
+def test_the_claim_margin_must_be_shorter_than_the_expiry() -> None:
+    with pytest.raises(ValueError, match="claim_margin"):
+        DesiredPool(name=POOL, min_ready=1, max_total=1, claim_margin=1200, expires_minutes=20)

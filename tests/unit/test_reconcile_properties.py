@@ -49,6 +49,7 @@ def desired_pools(draw: st.DrawFn) -> DesiredPool:
         buffer=draw(st.integers(0, 4)),
         max_total=draw(st.integers(0, 14)),
         keepalive_margin=draw(st.sampled_from([0.0, 60.0, 180.0, 600.0])),
+        claim_margin=draw(st.sampled_from([0.0, 300.0])),
         inputs_digest=DIGEST,
         expires_minutes=20,
         orphan_grace=300.0,
@@ -148,7 +149,9 @@ def check_tick(desired: DesiredPool, recs: list[ContainerRecord], actions: list[
         r = by_name[action.name]
         assert r.container_id == action.container_id
         assert r.state in (State.READY, State.LEASED)
-        assert r.remaining(NOW) <= desired.keepalive_margin
+        # READY ones also when a lease could not take them (less life than the claim margin).
+        margin = desired.ready_refresh_margin if r.state is State.READY else desired.keepalive_margin
+        assert r.remaining(NOW) <= margin
         if r.state is State.READY:
             assert r.deadline is None or r.deadline >= NOW, "refreshing an expired container"
             refreshed_ready += 1

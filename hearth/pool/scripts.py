@@ -499,3 +499,12 @@ end
 return out
 """
 )
+
+# ARGV: P, name -> the record's JSON, or nil. ``PoolStore.get`` in one round trip instead of two (the
+# name's pool, then its record): a provision reads its record first, once per container of a fill.
+GET_RECORD = r"""
+local P = ARGV[1]
+local pool = redis.call('HGET', P .. ':names', ARGV[2])
+if not pool then return false end
+return redis.call('HGET', P .. ':pool:' .. pool .. ':records', ARGV[2])
+"""

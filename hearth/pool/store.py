@@ -166,6 +166,7 @@ class PoolStore:
         self._recount = redis_client.register_script(scripts.METER_RECOUNT)
         self._meter_advance = redis_client.register_script(scripts.METER_ADVANCE)
         self._view = redis_client.register_script(scripts.TICK_VIEW)
+        self._get_record = redis_client.register_script(scripts.GET_RECORD)
 
     def __repr__(self) -> str:
         return f"PoolStore(prefix={self.prefix!r})"
@@ -224,10 +225,7 @@ class PoolStore:
         return ContainerRecord.from_json(_text(reply[1]))
 
     def get(self, name: str) -> ContainerRecord | None:
-        pool = self._cmd(self.redis.hget, self.key("names"), name)
-        if pool is None:
-            return None
-        raw = self._cmd(self.redis.hget, self.pool_key(_text(pool), "records"), name)
+        raw = self._call(self._get_record, name)  # the name's pool and its record, one round trip
         return None if raw is None else ContainerRecord.from_json(raw)
 
     def by_container_id(self, container_id: str) -> ContainerRecord | None:
